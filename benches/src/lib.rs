@@ -1,0 +1,2 @@
+//! Benchmarks for the Serval translator workspace; see `BENCHMARKS.md` for how to run them
+//! and the figures they produced.

@@ -1,0 +1,1 @@
+//! The service table: longest-prefix match over 256-bit ServiceIDs (being built).

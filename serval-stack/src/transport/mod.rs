@@ -1,0 +1,1 @@
+//! What rides on a SAL flow: the reliable byte stream (being built).
