@@ -1,0 +1,3 @@
+//! The Service Access Layer: flows, handshake, authentication, migration (being built).
+
+pub mod crypto;
