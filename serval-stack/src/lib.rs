@@ -32,6 +32,7 @@
 
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod control;
 pub mod sal;
 pub mod service_table;
 pub mod time;

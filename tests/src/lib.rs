@@ -4,4 +4,5 @@
 //! link models) and the network-namespace end-to-end tests; unit tests live next to
 //! the code they test.
 
+pub mod node;
 pub mod sim;

@@ -242,11 +242,29 @@ impl PartialOrd for InFlight {
     }
 }
 
+impl<N: Node + ?Sized> Node for Box<N> {
+    fn handle(&mut self, now: Timestamp, datagram: Datagram) {
+        (**self).handle(now, datagram);
+    }
+    fn poll_transmit(&mut self, now: Timestamp) -> Option<Datagram> {
+        (**self).poll_transmit(now)
+    }
+    fn poll_timeout(&self) -> Option<Timestamp> {
+        (**self).poll_timeout()
+    }
+    fn handle_timeout(&mut self, now: Timestamp) {
+        (**self).handle_timeout(now);
+    }
+}
+
 /// The simulated network: nodes, their addresses, links, NATs and the packets in flight.
-pub struct Network {
+///
+/// All nodes have one type `N` so tests can reach their concrete API through
+/// [`Network::node_mut`]; use `Box<dyn Node>` to mix kinds.
+pub struct Network<N: Node = Box<dyn Node>> {
     now: Timestamp,
     rng: ChaCha8Rng,
-    nodes: Vec<Box<dyn Node>>,
+    nodes: Vec<N>,
     /// IP address → owning node. A node may own several (multi-homed) and may move.
     owners: BTreeMap<IpAddr, NodeId>,
     /// Link profile of datagrams sent from an IP (`default_link` otherwise).
@@ -263,7 +281,7 @@ pub struct Network {
     stats: NetStats,
 }
 
-impl std::fmt::Debug for Network {
+impl<N: Node> std::fmt::Debug for Network<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Network")
             .field("now", &self.now)
@@ -274,7 +292,7 @@ impl std::fmt::Debug for Network {
     }
 }
 
-impl Network {
+impl<N: Node> Network<N> {
     /// An empty network whose randomness all comes from `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
@@ -305,7 +323,7 @@ impl Network {
     }
 
     /// Adds a node owning `ips`.
-    pub fn add_node(&mut self, node: Box<dyn Node>, ips: &[IpAddr]) -> NodeId {
+    pub fn add_node(&mut self, node: N, ips: &[IpAddr]) -> NodeId {
         let id = NodeId(self.nodes.len());
         self.nodes.push(node);
         for ip in ips {
@@ -315,8 +333,13 @@ impl Network {
     }
 
     /// The node behind `id`, for driving its API and reading its state.
-    pub fn node_mut(&mut self, id: NodeId) -> &mut dyn Node {
-        self.nodes[id.0].as_mut()
+    pub fn node_mut(&mut self, id: NodeId) -> &mut N {
+        &mut self.nodes[id.0]
+    }
+
+    /// The node behind `id` (read).
+    pub fn node(&self, id: NodeId) -> &N {
+        &self.nodes[id.0]
     }
 
     /// The profile used for datagrams sent from IPs without their own.

@@ -49,7 +49,9 @@ pub struct KeyPair {
 
 impl core::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("KeyPair").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,22 +68,30 @@ impl KeyPair {
         self.public
     }
 
-    /// Agrees on flow keys with the peer's share. `None` when the peer's key is a low-order
-    /// point (the shared secret would be all zeros and known to anyone): the handshake is
-    /// refused.
-    pub fn agree(&self, peer: &[u8; KEY_SHARE_LEN], transcript: &Transcript) -> Option<FlowKeys> {
+    /// The X25519 shared secret with the peer's share. `None` when the peer's key is a
+    /// low-order point (the secret would be all zeros and known to anyone): the handshake
+    /// is refused.
+    pub fn shared_secret(&self, peer: &[u8; KEY_SHARE_LEN]) -> Option<SharedSecret> {
         let shared = self.secret.diffie_hellman(&PublicKey::from(*peer));
-        if !shared.was_contributory() {
-            return None;
-        }
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(KDF_SALT), shared.as_bytes());
-        let mut okm = [0u8; 64];
-        hk.expand(&transcript.to_bytes(), &mut okm).expect("64 bytes is a valid HKDF-SHA256 length");
-        let mut c2s = [0u8; 32];
-        let mut s2c = [0u8; 32];
-        c2s.copy_from_slice(&okm[..32]);
-        s2c.copy_from_slice(&okm[32..]);
-        Some(FlowKeys { client_to_server: c2s, server_to_client: s2c })
+        shared
+            .was_contributory()
+            .then(|| SharedSecret(shared.to_bytes()))
+    }
+
+    /// [`shared_secret`](Self::shared_secret) and [`FlowKeys::derive`] in one step.
+    pub fn agree(&self, peer: &[u8; KEY_SHARE_LEN], transcript: &Transcript) -> Option<FlowKeys> {
+        self.shared_secret(peer)
+            .map(|s| FlowKeys::derive(&s, transcript))
+    }
+}
+
+/// An X25519 shared secret; cached per peer share by the endpoint (`docs/SAL.md` §2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedSecret([u8; 32]);
+
+impl core::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SharedSecret(..)")
     }
 }
 
@@ -142,6 +152,23 @@ impl core::fmt::Debug for FlowKeys {
 }
 
 impl FlowKeys {
+    /// The direction keys of a flow: HKDF-SHA256, salt [`KDF_SALT`], input `shared`, info
+    /// the transcript; 64 bytes of output, client-to-server key first.
+    pub fn derive(shared: &SharedSecret, transcript: &Transcript) -> Self {
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(KDF_SALT), &shared.0);
+        let mut okm = [0u8; 64];
+        hk.expand(&transcript.to_bytes(), &mut okm)
+            .expect("64 bytes is a valid HKDF-SHA256 output length");
+        let mut client_to_server = [0u8; 32];
+        let mut server_to_client = [0u8; 32];
+        client_to_server.copy_from_slice(&okm[..32]);
+        server_to_client.copy_from_slice(&okm[32..]);
+        Self {
+            client_to_server,
+            server_to_client,
+        }
+    }
+
     fn key(&self, sender: Side) -> &[u8; 32] {
         match sender {
             Side::Client => &self.client_to_server,

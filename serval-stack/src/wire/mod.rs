@@ -10,13 +10,20 @@
 //! Every multi-byte field is big-endian. Exact layouts and test vectors: `docs/PROTOCOL.md`.
 //! This module depends on nothing else in the crate.
 
+pub mod checksum;
+pub mod control_msg;
 mod flow_id;
 pub mod legacy;
 pub mod name;
+pub mod sal;
 mod service_id;
+mod sockaddr;
+pub mod tcp;
 
+pub use control_msg::ControlMsg;
 pub use flow_id::{FlowId, NONCE_LEN, Nonce};
 pub use legacy::LegacyAddr;
+pub use sal::{Packet as SalPacket, SalRepr};
 pub(crate) use service_id::write_hex;
 pub use service_id::{
     ParseIdError, PrefixLenError, SERVICE_ID_BITS, SERVICE_ID_LEN, ServiceId, ServicePrefix,
