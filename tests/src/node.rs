@@ -4,10 +4,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serval_stack::sal::{
     DatagramEvent, Endpoint, EndpointConfig, Event, Flow, FlowHandle, Transmit,
 };
 use serval_stack::time::Timestamp;
+use serval_stack::transport::ReadError;
+use sha2::{Digest, Sha256};
 
 use crate::sim::{Datagram, Node};
 
@@ -24,6 +28,10 @@ pub struct SalNode {
     pub accepted: Vec<FlowHandle>,
     /// Unconnected datagrams received: (sender, payload).
     pub unconnected: Vec<(SocketAddr, Vec<u8>)>,
+    /// Stream applications, by flow: what they send and what they received.
+    pub apps: BTreeMap<FlowHandle, StreamApp>,
+    /// The app every accepted flow gets (its send side); `None` = a sink only.
+    pub accept_app: Option<(u64, u64, bool)>,
     addr: SocketAddr,
     out: VecDeque<Datagram>,
     buf: Vec<u8>,
@@ -39,6 +47,8 @@ impl SalNode {
             events: Vec::new(),
             accepted: Vec::new(),
             unconnected: Vec::new(),
+            apps: BTreeMap::new(),
+            accept_app: None,
             addr,
             out: VecDeque::new(),
             buf: Vec::new(),
@@ -91,6 +101,9 @@ impl SalNode {
         let handles: Vec<FlowHandle> = self.flows.keys().copied().collect();
         for h in handles {
             let flow = self.flows.get_mut(&h).expect("listed");
+            if let Some(app) = self.apps.get_mut(&h) {
+                app.pump(now, flow);
+            }
             let mut sent = Vec::new();
             while let Some(t) = flow.poll_transmit(now, &mut self.buf) {
                 sent.push((t, self.buf[..t.size].to_vec()));
@@ -129,6 +142,9 @@ impl Node for SalNode {
                 let (h, flow) = self.endpoint.accept(incoming);
                 self.flows.insert(h, flow);
                 self.accepted.push(h);
+                if let Some((seed, len, close)) = self.accept_app {
+                    self.apps.insert(h, StreamApp::new(seed, len, close));
+                }
             }
             Some(DatagramEvent::Forward(t) | DatagramEvent::Response(t)) => self.push(t),
             Some(DatagramEvent::Unconnected { payload_offset, .. }) => {
@@ -163,5 +179,102 @@ impl Node for SalNode {
             }
         }
         self.pump(now);
+    }
+}
+
+/// A stream application: writes `len` pseudo-random bytes (then half-closes if asked) and
+/// reads everything the peer sends, hashing both sides so a test can compare them.
+#[derive(Debug)]
+pub struct StreamApp {
+    source: ChaCha8Rng,
+    pending: Vec<u8>,
+    remaining: u64,
+    close_when_sent: bool,
+    closed: bool,
+    sent_hash: Sha256,
+    received_hash: Sha256,
+    /// Bytes read so far.
+    pub received: u64,
+    /// Bytes written so far.
+    pub sent: u64,
+    /// The peer finished and every byte was read.
+    pub eof: bool,
+    /// When `eof` happened.
+    pub eof_at: Option<Timestamp>,
+}
+
+impl StreamApp {
+    /// Sends `len` bytes from a generator seeded with `seed`; half-closes after them when
+    /// `close_when_sent`.
+    pub fn new(seed: u64, len: u64, close_when_sent: bool) -> Self {
+        Self {
+            source: ChaCha8Rng::seed_from_u64(seed),
+            pending: Vec::new(),
+            remaining: len,
+            close_when_sent,
+            closed: false,
+            sent_hash: Sha256::new(),
+            received_hash: Sha256::new(),
+            received: 0,
+            sent: 0,
+            eof: false,
+            eof_at: None,
+        }
+    }
+
+    /// SHA-256 of the bytes written so far.
+    pub fn sent_digest(&self) -> [u8; 32] {
+        self.sent_hash.clone().finalize().into()
+    }
+
+    /// SHA-256 of the bytes read so far.
+    pub fn received_digest(&self) -> [u8; 32] {
+        self.received_hash.clone().finalize().into()
+    }
+
+    /// Whether everything was written (and the write side closed, if asked).
+    pub fn done_sending(&self) -> bool {
+        self.remaining == 0 && self.pending.is_empty() && (self.closed || !self.close_when_sent)
+    }
+
+    fn pump(&mut self, now: Timestamp, flow: &mut Flow) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match flow.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.received += n as u64;
+                    self.received_hash.update(&buf[..n]);
+                }
+                Err(ReadError::Finished) => {
+                    if !self.eof {
+                        self.eof = true;
+                        self.eof_at = Some(now);
+                    }
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        while self.remaining > 0 || !self.pending.is_empty() {
+            if self.pending.is_empty() {
+                let n = self.remaining.min(64 * 1024) as usize;
+                self.pending.resize(n, 0);
+                self.source.fill_bytes(&mut self.pending);
+                self.remaining -= n as u64;
+            }
+            match flow.write(&self.pending) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    self.sent_hash.update(&self.pending[..n]);
+                    self.sent += n as u64;
+                    self.pending.drain(..n);
+                }
+            }
+        }
+        if self.close_when_sent && !self.closed && flow.is_established() {
+            self.closed = true;
+            flow.close(now);
+        }
     }
 }

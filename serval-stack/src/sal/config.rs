@@ -3,6 +3,8 @@
 use core::net::SocketAddr;
 use core::time::Duration;
 
+use crate::transport::StreamConfig;
+
 /// Configuration of one [`Endpoint`](super::Endpoint).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -35,6 +37,28 @@ pub struct EndpointConfig {
     pub secret_cache: usize,
     /// Per-flow settings for flows this endpoint creates.
     pub flow: FlowConfig,
+    /// Reliable-stream settings (protocol 6 flows). Its MSS is lowered to what fits
+    /// `max_udp_payload` after the SAL and TCP headers.
+    pub stream: StreamConfig,
+}
+
+impl EndpointConfig {
+    /// The stream settings with the MSS fitted to `max_udp_payload`.
+    pub(super) fn stream_config(&self) -> StreamConfig {
+        let mut s = self.stream.clone();
+        // TCP header (20) + options fit inside the MSS budget the stream uses; the SAL
+        // base header (12) comes on top.
+        let room = self
+            .max_udp_payload
+            .saturating_sub(crate::wire::sal::HEADER_LEN + 20);
+        let mss = u16::try_from(room)
+            .unwrap_or(u16::MAX)
+            .clamp(crate::transport::MIN_MSS, crate::transport::MAX_MSS);
+        if mss < s.mss {
+            let _ = s.mss(mss);
+        }
+        s
+    }
 }
 
 impl Default for EndpointConfig {
@@ -50,6 +74,7 @@ impl Default for EndpointConfig {
             key_epoch: Duration::from_secs(60),
             secret_cache: 4096,
             flow: FlowConfig::default(),
+            stream: StreamConfig::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use core::net::SocketAddr;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,6 +24,7 @@ use super::flow::{EndpointEvent, Flow, FlowInput, FlowParams, Transmit};
 use super::stats::{DropReason, EndpointStats};
 use crate::service_table::{Action, ListenerId, Rule, ServiceTable, TableError};
 use crate::time::Timestamp;
+use crate::transport::StreamConfig;
 use crate::wire::sal::{ControlFlags, ControlRepr, Packet, Protocol, SalRepr, forward};
 use crate::wire::{FlowId, ServiceId, ServicePrefix};
 
@@ -146,6 +148,8 @@ pub struct Endpoint {
     secrets: HashMap<(u64, [u8; KEY_SHARE_LEN]), SharedSecret>,
     secrets_order: VecDeque<(u64, [u8; KEY_SHARE_LEN])>,
     stats: EndpointStats,
+    /// Shared by every stream of this endpoint.
+    stream: Arc<StreamConfig>,
 }
 
 struct HalfOpen {
@@ -174,7 +178,9 @@ impl Endpoint {
             id: 0,
             pair: KeyPair::from_random(rng.random()),
         };
+        let stream = Arc::new(config.stream_config());
         Self {
+            stream,
             epoch_deadline: now + config.key_epoch,
             config,
             table: ServiceTable::new(),
@@ -393,7 +399,7 @@ impl Endpoint {
             return self.refuse_syn(from, syn, buf);
         };
         match *pick.action() {
-            Action::Demux(listener) => self.open_half(now, from, listener, syn),
+            Action::Demux(listener) => self.open_half(now, from, listener, syn, datagram),
             Action::Forward(next) if self.config.forwarding => {
                 self.forward_syn(from, next, datagram, buf)
             }
@@ -409,8 +415,10 @@ impl Endpoint {
         from: SocketAddr,
         listener: ListenerId,
         syn: &SalRepr,
+        datagram: &[u8],
     ) -> Option<DatagramEvent> {
         self.stats.syns_received += 1;
+        let payload = datagram.get(SalRepr::parse_datagram(datagram).ok()?.header_len..)?;
         let Some(l) = self.listeners.get(&listener).copied() else {
             return self.drop(DropReason::NoService);
         };
@@ -439,7 +447,7 @@ impl Endpoint {
         // forwarded it, or to the client itself.
         let params = self.params(now, id, service, from, syn.protocol);
         let deadline = now + self.config.half_open_timeout;
-        let flow = Flow::server(params, syn, share, &shared, &peer_share, deadline)?;
+        let flow = Flow::server(params, syn, payload, share, &shared, &peer_share, deadline)?;
         let key = (client, client_flow);
         self.syn_index.insert(key, id);
         self.half_open.insert(
@@ -677,6 +685,7 @@ impl Endpoint {
             peer_addr: peer,
             rng_seed: self.rng.random(),
             now,
+            stream: self.stream.clone(),
         }
     }
 

@@ -26,6 +26,7 @@
 
 use core::net::SocketAddr;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,8 +35,9 @@ use super::FlowConfig;
 use super::crypto::{FlowKeys, KEY_SHARE_LEN, SharedSecret, Side, Transcript};
 use super::stats::{DropReason, FlowStats};
 use crate::time::Timestamp;
-use crate::transport::RttEstimator;
+use crate::transport::{ReadError, RttEstimator, Stream, StreamConfig, StreamEvent, WriteError};
 use crate::wire::sal::{ControlFlags, ControlRepr, Packet, Protocol, SalRepr, ServiceRepr};
+use crate::wire::tcp::{Flags as TcpFlags, SeqNumber, TcpRepr};
 use crate::wire::{FlowId, Nonce, ServiceId};
 
 /// A datagram a flow or endpoint wants sent: the bytes are in the caller's buffer.
@@ -59,6 +61,8 @@ pub enum Event {
     Connected,
     /// Data or datagrams can be read.
     Readable,
+    /// Send-buffer space was freed after a short write (stream mode).
+    Writable,
     /// The peer closed its sending side (SAL FIN): after the buffered data, end of stream.
     PeerFinished,
     /// Traffic now goes to a new, validated peer address.
@@ -158,15 +162,19 @@ struct Validation {
 }
 
 /// Handshake material kept by the client until the SYN-ACK.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ClientHello {
     share: [u8; KEY_SHARE_LEN],
     iss: u32,
+    /// The transport's SYN segment, carried (and retransmitted) in the SAL SYN.
+    segment: Vec<u8>,
 }
 
 /// Server handshake material: what the SYN-ACK repeats.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct ServerHello {
+    /// The transport's SYN-ACK segment.
+    segment: Vec<u8>,
     share: [u8; KEY_SHARE_LEN],
     /// The SYN's SOURCE path, echoed so the router can send the SYN-ACK back (`docs/SAL.md` §3).
     source: Option<crate::wire::sal::SourceRepr>,
@@ -177,6 +185,15 @@ struct ServerHello {
 struct Datagrams {
     recv: VecDeque<Vec<u8>>,
     send: VecDeque<Vec<u8>>,
+}
+
+/// What rides on the flow: the reliable stream (protocol 6) or datagrams (17).
+#[derive(Debug)]
+enum Transport {
+    Datagrams(Datagrams),
+    Stream(Box<Stream>),
+    /// Released: the flow ended.
+    None,
 }
 
 /// One SAL flow. See the module doc for the calling contract.
@@ -210,7 +227,9 @@ pub struct Flow {
     rst_owed: bool,
     local_fin: bool,
     peer_fin: bool,
-    datagrams: Datagrams,
+    /// The conn-ACK (carrying the transport's ACK) must be (re)sent.
+    conn_ack_owed: bool,
+    transport: Transport,
     last_recv: Timestamp,
     last_send: Timestamp,
     half_open_deadline: Option<Timestamp>,
@@ -230,6 +249,7 @@ pub(super) struct FlowParams {
     pub(super) peer_addr: SocketAddr,
     pub(super) rng_seed: [u8; 32],
     pub(super) now: Timestamp,
+    pub(super) stream: Arc<StreamConfig>,
 }
 
 impl Flow {
@@ -263,7 +283,8 @@ impl Flow {
             rst_owed: false,
             local_fin: false,
             peer_fin: false,
-            datagrams: Datagrams::default(),
+            conn_ack_owed: false,
+            transport: Transport::None,
             last_recv: p.now,
             last_send: p.now,
             half_open_deadline: None,
@@ -277,10 +298,23 @@ impl Flow {
 
     /// A client flow that sends a SYN for `p.service` to `p.peer_addr`.
     pub(super) fn client(p: FlowParams, share: [u8; KEY_SHARE_LEN]) -> Self {
+        let (now, stream_config) = (p.now, p.stream.clone());
         let mut flow = Self::new(p, Side::Client);
         let iss = flow.rng.random();
         flow.snd_nxt = iss;
-        flow.client_hello = Some(ClientHello { share, iss });
+        let mut segment = Vec::new();
+        flow.transport = if flow.protocol == Protocol::TCP {
+            let isn = SeqNumber(flow.rng.random());
+            let (stream, _) = Stream::client(stream_config, isn, now, &mut segment);
+            Transport::Stream(Box::new(stream))
+        } else {
+            Transport::Datagrams(Datagrams::default())
+        };
+        flow.client_hello = Some(ClientHello {
+            share,
+            iss,
+            segment,
+        });
         flow.enqueue(Reliable::Syn);
         flow
     }
@@ -290,6 +324,7 @@ impl Flow {
     pub(super) fn server(
         p: FlowParams,
         syn: &SalRepr,
+        syn_payload: &[u8],
         share: [u8; KEY_SHARE_LEN],
         shared: &SharedSecret,
         peer_share: &[u8; KEY_SHARE_LEN],
@@ -297,7 +332,17 @@ impl Flow {
     ) -> Option<Self> {
         let control = syn.control?;
         let peer_flow = syn.src_flow?;
+        let (now, stream_config) = (p.now, p.stream.clone());
         let mut flow = Self::new(p, Side::Server);
+        let mut segment = Vec::new();
+        flow.transport = if flow.protocol == Protocol::TCP {
+            let tcp = TcpRepr::parse_bytes(syn_payload).ok()?;
+            let isn = SeqNumber(flow.rng.random());
+            let (stream, _) = Stream::server(stream_config, isn, now, &tcp, &mut segment).ok()?;
+            Transport::Stream(Box::new(stream))
+        } else {
+            Transport::Datagrams(Datagrams::default())
+        };
         flow.state = State::Respond;
         flow.peer_flow = Some(peer_flow);
         flow.peer_nonce = control.nonce;
@@ -305,6 +350,7 @@ impl Flow {
         let iss = flow.rng.random();
         flow.snd_nxt = iss;
         flow.server_hello = Some(ServerHello {
+            segment,
             share,
             source: syn.source,
         });
@@ -373,41 +419,88 @@ impl Flow {
     // ---------------------------------------------------------------- application side
 
     /// Queues one datagram (datagram mode). Returns `false` (and sends nothing) when the
-    /// flow cannot send: not established, finished, the datagram is empty or too large for
-    /// one packet, or the send queue is full.
+    /// flow cannot send: not a datagram flow, not established, finished, the datagram is
+    /// empty or too large for one packet, or the send queue is full.
     pub fn send_datagram(&mut self, data: &[u8]) -> bool {
         let room = self
             .max_udp_payload
             .saturating_sub(crate::wire::sal::HEADER_LEN);
-        let ok = self.state == State::Connected
-            && !self.local_fin
-            && !data.is_empty()
-            && data.len() <= room
-            && self.datagrams.send.len() < self.config.datagram_queue;
+        let open = self.state == State::Connected && !self.local_fin;
+        let limit = self.config.datagram_queue;
+        let Transport::Datagrams(d) = &mut self.transport else {
+            return false;
+        };
+        let ok = open && !data.is_empty() && data.len() <= room && d.send.len() < limit;
         if ok {
-            self.datagrams.send.push_back(data.to_vec());
+            d.send.push_back(data.to_vec());
         }
         ok
     }
 
     /// The next received datagram (datagram mode).
     pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
-        self.datagrams.recv.pop_front()
+        match &mut self.transport {
+            Transport::Datagrams(d) => d.recv.pop_front(),
+            _ => None,
+        }
     }
 
-    /// Finishes our sending side: after queued data, a SAL FIN. The flow ends when both
-    /// sides have finished.
+    /// Writes stream bytes (stream mode); returns how many fit the send buffer. A datagram
+    /// flow, or one not yet established, accepts nothing (`Ok(0)` while connecting, so the
+    /// caller waits for [`Event::Connected`]).
+    pub fn write(&mut self, data: &[u8]) -> Result<usize, WriteError> {
+        match (&mut self.transport, self.state) {
+            (Transport::Stream(_), State::Request | State::Respond) => Ok(0),
+            (Transport::Stream(s), _) => s.write(data),
+            _ => Err(WriteError::Closed),
+        }
+    }
+
+    /// Reads stream bytes (stream mode): `Ok(0)` when nothing is buffered yet,
+    /// `Err(ReadError::Finished)` at the end of the stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let r = match &mut self.transport {
+            Transport::Stream(s) => s.read(buf),
+            _ => Err(ReadError::Closed),
+        };
+        // Reading opens the window: the stream may owe a window update.
+        self.drain_stream_events();
+        r
+    }
+
+    /// Bytes that can be read now (stream mode).
+    pub fn readable(&self) -> usize {
+        match &self.transport {
+            Transport::Stream(s) => s.readable(),
+            _ => 0,
+        }
+    }
+
+    /// Statistics of the stream (stream mode).
+    pub fn stream_stats(&self) -> Option<crate::transport::StreamStats> {
+        match &self.transport {
+            Transport::Stream(s) => Some(s.stats()),
+            _ => None,
+        }
+    }
+
+    /// Finishes our sending side (half-close): in stream mode the transport's FIN follows
+    /// the buffered bytes and the other direction keeps flowing; in datagram mode a SAL FIN
+    /// tells the peer (its reads see the end). The flow ends when both sides have finished.
     pub fn close(&mut self, now: Timestamp) {
         if self.local_fin || matches!(self.state, State::Closed | State::Linger { .. }) {
             return;
         }
-        match self.state {
-            State::Connected => {
-                self.local_fin = true;
-                self.enqueue(Reliable::Fin);
-            }
+        if self.state != State::Connected {
             // Nothing was established: just go.
-            _ => self.finish(now, CloseReason::Aborted),
+            return self.finish(now, CloseReason::Aborted);
+        }
+        self.local_fin = true;
+        match &mut self.transport {
+            Transport::Stream(s) => {
+                let _ = s.shutdown_write();
+            }
+            _ => self.enqueue(Reliable::Fin),
         }
     }
 
@@ -439,6 +532,11 @@ impl Flow {
             return;
         }
         self.local_addr = Some(new_local);
+        if let Transport::Stream(stream) = &mut self.transport {
+            // Losses on the way out are the move's, not congestion: hold the loss timers
+            // until the RSYN is answered (`on_path_change` then resends at once).
+            stream.freeze();
+        }
         if !self.queue.iter().any(|q| q.kind == Reliable::Rsyn) {
             self.enqueue(Reliable::Rsyn);
         }
@@ -473,6 +571,7 @@ impl Flow {
             idle,
             linger,
             self.half_open_deadline,
+            self.stream_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -503,6 +602,12 @@ impl Flow {
             self.stats.control_retransmits += 1;
         }
         self.validation_timeout(now);
+        if self.stream_timeout().is_some_and(|t| now >= t)
+            && let Transport::Stream(stream) = &mut self.transport
+        {
+            stream.handle_timeout(now);
+            self.drain_stream_events();
+        }
         if self.state == State::Connected {
             if self
                 .config
@@ -520,6 +625,14 @@ impl Flow {
                 self.ack_owed = true;
                 self.stats.keepalives_sent += 1;
             }
+        }
+    }
+
+    /// The stream's own deadline, once established (the SAL retransmits the handshake).
+    fn stream_timeout(&self) -> Option<Timestamp> {
+        match (&self.transport, self.state) {
+            (Transport::Stream(s), State::Connected | State::Linger { .. }) => s.poll_timeout(),
+            _ => None,
         }
     }
 
@@ -561,24 +674,67 @@ impl Flow {
     }
 
     fn handle_data(&mut self, now: Timestamp, from: SocketAddr, repr: &SalRepr, payload: &[u8]) {
-        if self.state != State::Connected || repr.src_flow != self.peer_flow {
+        // Data may arrive in Linger too (the stream's last ACKs): only the handshake states
+        // and a foreign source FlowID are wrong.
+        let open = matches!(self.state, State::Connected | State::Linger { .. });
+        if !open || repr.src_flow != self.peer_flow {
             return self.drop(DropReason::UnexpectedData);
-        }
-        if self.peer_fin {
-            return self.drop(DropReason::AfterFin);
         }
         self.last_recv = now;
         self.stats.data_packets_received += 1;
         self.stats.bytes_received += payload.len() as u64;
         self.observe_address(from, false);
-        if self.datagrams.recv.len() >= self.config.datagram_queue {
-            return self.drop(DropReason::QueueFull);
+        let limit = self.config.datagram_queue;
+        match &mut self.transport {
+            Transport::Stream(stream) => {
+                // A reset only counts inside an authenticated SAL RST: an unauthenticated
+                // transport RST is exactly what an off-path attacker would send.
+                if is_tcp_rst(payload) {
+                    return self.drop(DropReason::BadMac);
+                }
+                if stream.handle_bytes(now, payload).is_err() {
+                    return self.drop(DropReason::Malformed);
+                }
+                self.drain_stream_events();
+            }
+            Transport::Datagrams(d) => {
+                if self.peer_fin {
+                    return self.drop(DropReason::AfterFin);
+                }
+                if payload.is_empty() {
+                    return self.drop(DropReason::Malformed);
+                }
+                if d.recv.len() >= limit {
+                    return self.drop(DropReason::QueueFull);
+                }
+                d.recv.push_back(payload.to_vec());
+                self.events.push_back(Event::Readable);
+            }
+            Transport::None => self.drop(DropReason::Closed),
         }
-        if payload.is_empty() {
-            return self.drop(DropReason::Malformed);
+    }
+
+    /// Turns the stream's events into flow events (and ends the flow when it is done).
+    fn drain_stream_events(&mut self) {
+        let Transport::Stream(stream) = &mut self.transport else {
+            return;
+        };
+        let mut end = None;
+        while let Some(e) = stream.poll_event() {
+            match e {
+                StreamEvent::Readable => self.events.push_back(Event::Readable),
+                StreamEvent::Writable => self.events.push_back(Event::Writable),
+                StreamEvent::PeerFinished => self.events.push_back(Event::PeerFinished),
+                StreamEvent::Reset => end = Some(CloseReason::Reset),
+                StreamEvent::TimedOut => end = Some(CloseReason::TimedOut),
+                StreamEvent::Closed => end = end.or(Some(CloseReason::Finished)),
+                _ => {}
+            }
         }
-        self.datagrams.recv.push_back(payload.to_vec());
-        self.events.push_back(Event::Readable);
+        if let Some(reason) = end {
+            // The stream is done (after its TIME-WAIT on the active closer): so is the flow.
+            self.finish(Timestamp::ZERO, reason);
+        }
     }
 
     fn handle_control(
@@ -614,13 +770,13 @@ impl Flow {
             self.handle_ackno(now, control.ackno);
         }
         if self.state == State::Respond {
-            return self.handle_in_respond(now, from, control);
+            return self.handle_in_respond(now, from, control, payload);
         }
         if let Some(challenge) = repr.path_challenge {
             self.response_owed = Some((from, challenge));
         }
         if let Some(response) = repr.path_response {
-            self.handle_path_response(from, response);
+            self.handle_path_response(now, from, response);
         }
         // SYN(-ACK), FIN and an RSYN request consume a version; an RSYN-ACK does not.
         let rsyn_request = flags.contains(ControlFlags::RSYN) && !flags.contains(ControlFlags::ACK);
@@ -652,8 +808,13 @@ impl Flow {
                     // Our RSYN-ACK was lost (the original's bug, §3.8): it is matched to the
                     // RSYN's version, so the retransmitted RSYN is answered again.
                     self.handle_rsyn(from);
+                } else if flags.contains(ControlFlags::SYN) {
+                    // Our conn-ACK was lost and the server repeated its SYN-ACK: the stream
+                    // sees its SYN-ACK again and we repeat the conn-ACK with its answer.
+                    self.feed_stream(now, payload);
+                    self.conn_ack_owed = true;
                 } else {
-                    // A lost ACK of a SYN-ACK (our conn-ACK) or of a FIN: acknowledge again.
+                    // A lost ACK of a FIN: acknowledge again.
                     self.ack_owed = true;
                 }
             }
@@ -672,7 +833,8 @@ impl Flow {
         input: FlowInput,
     ) {
         let flags = control.flags;
-        let Some(hello) = self.client_hello else {
+        let Some((hello_iss, hello_share)) = self.client_hello.as_ref().map(|h| (h.iss, h.share))
+        else {
             return self.drop(DropReason::Unexpected);
         };
         if flags.contains(ControlFlags::RST) {
@@ -684,7 +846,7 @@ impl Flow {
             return self.drop(DropReason::BadMac);
         }
         if flags != ControlFlags::SYN | ControlFlags::ACK
-            || control.ackno != hello.iss.wrapping_add(1)
+            || control.ackno != hello_iss.wrapping_add(1)
         {
             return self.drop(DropReason::Unexpected);
         }
@@ -699,7 +861,7 @@ impl Flow {
             client_nonce: self.local_nonce,
             server_nonce: control.nonce,
             service: self.service,
-            client_share: hello.share,
+            client_share: hello_share,
             server_share: peer_share,
         };
         let keys = FlowKeys::derive(&shared, &transcript);
@@ -716,13 +878,20 @@ impl Flow {
         self.last_recv = now;
         self.handle_ackno(now, control.ackno);
         self.state = State::Connected;
-        self.ack_owed = true; // the conn-ACK
+        self.feed_stream(now, payload);
+        self.conn_ack_owed = true;
         self.events.push_back(Event::Connected);
         self.endpoint_events.push_back(EndpointEvent::Established);
     }
 
     /// Server waiting for the conn-ACK (MAC already verified).
-    fn handle_in_respond(&mut self, now: Timestamp, from: SocketAddr, control: ControlRepr) {
+    fn handle_in_respond(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        control: ControlRepr,
+        payload: &[u8],
+    ) {
         let acked = self.queue.is_empty();
         if !acked || control.verno != self.rcv_nxt || control.nonce != self.peer_nonce {
             return self.drop(DropReason::Unexpected);
@@ -734,8 +903,20 @@ impl Flow {
         self.peer_addr = from;
         self.last_recv = now;
         self.state = State::Connected;
+        self.feed_stream(now, payload);
         self.events.push_back(Event::Connected);
         self.endpoint_events.push_back(EndpointEvent::Established);
+    }
+
+    /// Transport bytes that rode in an authenticated control packet (handshake segments).
+    fn feed_stream(&mut self, now: Timestamp, payload: &[u8]) {
+        if let Transport::Stream(stream) = &mut self.transport
+            && !payload.is_empty()
+            && stream.handle_bytes(now, payload).is_err()
+        {
+            self.stats.drops.count(DropReason::Malformed);
+        }
+        self.drain_stream_events();
     }
 
     fn handle_ackno(&mut self, now: Timestamp, ackno: u32) {
@@ -749,7 +930,10 @@ impl Flow {
             {
                 self.rtt.on_sample(now - sent);
             }
-            self.queue.pop_front();
+            let done = self.queue.pop_front();
+            if done.is_some_and(|q| q.kind == Reliable::Rsyn) {
+                self.path_changed(now);
+            }
             self.rtx = Rtx {
                 due: !self.queue.is_empty(),
                 ..Rtx::default()
@@ -777,7 +961,9 @@ impl Flow {
         // Long enough to re-acknowledge a retransmitted FIN; FlowIDs are random so there is
         // no reuse hazard needing the original's 60 s TIME_WAIT. Buffers are freed now.
         let until = now + self.rtt.rto() * 3;
-        self.datagrams = Datagrams::default();
+        if let Transport::Datagrams(d) = &mut self.transport {
+            *d = Datagrams::default();
+        }
         self.state = State::Linger { until };
     }
 
@@ -822,12 +1008,21 @@ impl Flow {
         });
     }
 
-    fn handle_path_response(&mut self, from: SocketAddr, response: [u8; 8]) {
+    /// Our path to the peer changed (we moved, or it did and the new address is validated):
+    /// the stream resends what is in flight at once, without cutting its window.
+    fn path_changed(&mut self, now: Timestamp) {
+        if let Transport::Stream(stream) = &mut self.transport {
+            stream.on_path_change(now);
+        }
+    }
+
+    fn handle_path_response(&mut self, now: Timestamp, from: SocketAddr, response: [u8; 8]) {
         match self.validation {
             Some(v) if v.addr == from && v.challenge == response => {
                 self.validation = None;
                 self.peer_addr = from;
                 self.stats.path_validations_succeeded += 1;
+                self.path_changed(now);
                 self.events.push_back(Event::PathMigrated { peer: from });
             }
             _ => self.drop(DropReason::UnexpectedPathResponse),
@@ -866,7 +1061,7 @@ impl Flow {
         self.rtx = Rtx::default();
         self.validation = None;
         self.half_open_deadline = None;
-        self.datagrams = Datagrams::default();
+        self.transport = Transport::None;
         self.events.push_back(Event::Closed(reason));
         self.endpoint_events.push_back(EndpointEvent::Drained);
     }
@@ -917,6 +1112,9 @@ impl Flow {
             };
             return Some(self.send_control(now, buf, ControlFlags::ACK, self.snd_nxt, extras));
         }
+        if self.conn_ack_owed {
+            return Some(self.send_conn_ack(now, buf));
+        }
         if self.ack_owed {
             self.ack_owed = false;
             return Some(self.send_control(
@@ -952,15 +1150,38 @@ impl Flow {
     }
 
     fn poll_data(&mut self, now: Timestamp, buf: &mut Vec<u8>) -> Option<Transmit> {
-        if self.state != State::Connected {
+        if !matches!(self.state, State::Connected | State::Linger { .. }) {
             return None;
         }
-        let data = self.datagrams.send.pop_front()?;
         let repr = SalRepr::new(Some(self.local_flow), self.peer_flow, self.protocol);
-        let t = self.emit(now, buf, repr, &data, None);
+        let hlen = repr.buffer_len();
+        let payload_len = match &mut self.transport {
+            Transport::Stream(stream) => {
+                buf.clear();
+                buf.resize(hlen, 0);
+                let t = stream.poll_transmit(now, buf);
+                self.drain_stream_events();
+                t?.size
+            }
+            Transport::Datagrams(d) => {
+                let data = d.send.pop_front()?;
+                buf.clear();
+                buf.resize(hlen, 0);
+                buf.extend_from_slice(&data);
+                data.len()
+            }
+            Transport::None => return None,
+        };
+        buf.truncate(hlen + payload_len);
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+        self.last_send = now;
         self.stats.data_packets_sent += 1;
-        self.stats.bytes_sent += data.len() as u64;
-        Some(t)
+        self.stats.bytes_sent += payload_len as u64;
+        Some(Transmit {
+            destination: self.peer_addr,
+            size: buf.len(),
+            src: self.local_addr,
+        })
     }
 
     fn send_reliable(&mut self, now: Timestamp, buf: &mut Vec<u8>, head: Queued) -> Transmit {
@@ -990,7 +1211,10 @@ impl Flow {
     }
 
     fn send_syn(&mut self, now: Timestamp, buf: &mut Vec<u8>, verno: u32) -> Transmit {
-        let share = self.client_hello.map(|h| h.share);
+        let (share, segment) = match &self.client_hello {
+            Some(h) => (Some(h.share), h.segment.clone()),
+            None => (None, Vec::new()),
+        };
         let mut repr = SalRepr::new(Some(self.local_flow), None, self.protocol);
         repr.control = Some(ControlRepr {
             flags: ControlFlags::SYN,
@@ -1004,11 +1228,11 @@ impl Flow {
         });
         repr.key_share = share;
         self.stats.control_sent += 1;
-        self.emit(now, buf, repr, &[], None)
+        self.emit(now, buf, repr, &segment, None)
     }
 
     fn send_syn_ack(&mut self, now: Timestamp, buf: &mut Vec<u8>, verno: u32) -> Transmit {
-        let hello = self.server_hello;
+        let hello = self.server_hello.clone();
         let mut repr = SalRepr::new(Some(self.local_flow), self.peer_flow, self.protocol);
         repr.control = Some(ControlRepr {
             flags: ControlFlags::SYN | ControlFlags::ACK,
@@ -1016,11 +1240,29 @@ impl Flow {
             ackno: self.rcv_nxt,
             nonce: self.local_nonce,
         });
-        repr.key_share = hello.map(|h| h.share);
-        repr.source = hello.and_then(|h| h.source);
+        repr.key_share = hello.as_ref().map(|h| h.share);
+        repr.source = hello.as_ref().and_then(|h| h.source);
+        let segment = hello.map(|h| h.segment).unwrap_or_default();
         self.stats.control_sent += 1;
         let keys = self.keys.clone();
-        self.emit(now, buf, repr, &[], keys.as_ref())
+        self.emit(now, buf, repr, &segment, keys.as_ref())
+    }
+
+    /// The ACK completing the handshake, carrying the transport's ACK of its SYN-ACK (and
+    /// MACed with it), so the server's transport establishes too.
+    fn send_conn_ack(&mut self, now: Timestamp, buf: &mut Vec<u8>) -> Transmit {
+        self.conn_ack_owed = false;
+        self.ack_owed = false;
+        let mut payload = Vec::new();
+        if let Transport::Stream(stream) = &mut self.transport {
+            // The stream owes an ACK for the SYN-ACK it just processed.
+            let _ = stream.poll_transmit(now, &mut payload);
+        }
+        let extras = Extras {
+            payload,
+            ..Extras::default()
+        };
+        self.send_control(now, buf, ControlFlags::ACK, self.snd_nxt, extras)
     }
 
     fn send_control(
@@ -1042,7 +1284,7 @@ impl Flow {
         repr.path_response = extras.path_response;
         self.stats.control_sent += 1;
         let keys = self.keys.clone();
-        let mut t = self.emit(now, buf, repr, &[], keys.as_ref());
+        let mut t = self.emit(now, buf, repr, &extras.payload, keys.as_ref());
         if let Some(to) = extras.to {
             t.destination = to;
         }
@@ -1077,12 +1319,15 @@ impl Flow {
 }
 
 /// Optional parts of a control packet.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Extras {
     path_challenge: Option<[u8; 8]>,
     path_response: Option<[u8; 8]>,
     /// Send to this address instead of the peer's current one.
     to: Option<SocketAddr>,
+    /// Transport bytes carried (and MACed) with the control packet: the conn-ACK's
+    /// transport ACK.
+    payload: Vec<u8>,
 }
 
 enum Seq {
@@ -1095,6 +1340,11 @@ enum Seq {
 fn verify_with(keys: &FlowKeys, sender: Side, repr: &SalRepr, payload: &[u8]) -> bool {
     let Some(tag) = repr.mac else { return false };
     repr.with_mac_input(|h| keys.verify(sender, &[h, payload], &tag))
+}
+
+/// Whether a transport segment carries the TCP RST flag (byte 13, bit 0x04).
+fn is_tcp_rst(segment: &[u8]) -> bool {
+    segment.get(13).is_some_and(|f| f & TcpFlags::RST.0 != 0)
 }
 
 /// `a < b` in 32-bit serial-number arithmetic (RFC 1982).

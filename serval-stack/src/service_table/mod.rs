@@ -38,17 +38,19 @@
 //!
 //! # Lookup structure
 //!
-//! A path-compressed 256-ary trie (one node per key byte that matters) with
-//! popcount-compressed child arrays and, per node, the prefixes ending inside that byte
-//! expanded and run-length compressed, so each visited node costs one or two popcounts; see
-//! `trie.rs`. With uniformly distributed ServiceIDs a lookup visits three or four nodes
-//! whatever the table size, where the original's one-node-per-bit trie walks up to 256.
-//! Updates change one path (at most a 256-slot shift and a 256-slot re-expansion), never a
-//! rebuild. Measured figures are in `BENCHMARKS.md`.
+//! A path-compressed 256-ary trie (poptrie family; see `trie.rs`): a node per key byte that
+//! matters, with a child bitmap and a run bitmap (the prefixes ending inside that byte,
+//! expanded and run-length compressed) indexing one popcount-compressed item array, held
+//! inside the node when small. Large tables add a 64 Ki-entry direct table for the first
+//! 16 bits. With uniformly distributed ServiceIDs a lookup reads one direct entry and one or
+//! two nodes whatever the table size, where the original's one-node-per-bit trie walks up
+//! to 256 nodes. Entries (the rules) live in a separate arena, one target inline. Updates
+//! change one path, never rebuild. Figures (lookups/s, bytes per rule, insert and remove
+//! cost, the ratio to the original's structure) are in `BENCHMARKS.md`.
 //!
 //! # Deliberate differences from the original (`SERVAL-ORIGINAL.md` §4)
 //!
-//! * **Duplicates are checked in every priority set**, not only the top one (§4.4 [quirk]):
+//! * **Duplicates are checked in every priority set**, not only the top one (a §4.4 quirk):
 //!   an action occurs at most once per entry, so remove and modify by action are never
 //!   ambiguous.
 //! * **"Identical" means equal [`Action`]**: two DEMUX targets are the same only with the
@@ -62,7 +64,7 @@
 //!   socket addresses (IPv4 or IPv6, with port), so there is no outgoing interface to resolve
 //!   and no "interface down" sweep; [`ServiceTable::retain`] removes, for example, every
 //!   target on a dead next hop. (This also sidesteps the original's null-interface crash on
-//!   DELAY/DROP adds, §4.4 [quirk].)
+//!   DELAY/DROP adds, a §4.4 quirk.)
 //! * **Prefixes are taken literally**: the all-zero ID with length 256 is an exact-match rule
 //!   like any other. Forcing the all-zero ID to length 0, and "length 0 means 256" in control
 //!   messages, are wire conventions that the control-message decoder applies.
@@ -70,7 +72,7 @@
 //!   match, [`ServiceTable::get`] the exact one; the SAL reads the active set's kinds.
 //! * **No set flags, no ALL/DEMUX/FORWARD multicast modes**: one target per packet.
 //! * **Counters are `u64`** (the original's were `u32`; its DEL_SERVICE reply also copied
-//!   packets into bytes dropped, §5.2 [quirk]).
+//!   packets into bytes dropped, a §5.2 quirk).
 
 mod rule;
 mod select;
@@ -138,6 +140,14 @@ pub enum TableError {
 impl Keyed for Entry {
     fn key(&self) -> &ServicePrefix {
         &self.prefix
+    }
+
+    fn vacant() -> Self {
+        Self {
+            targets: rule::Targets::Many(Vec::new()),
+            prefix: ServicePrefix::DEFAULT,
+            slot: u32::MAX,
+        }
     }
 }
 
@@ -223,14 +233,19 @@ impl ServiceTable {
                 action: rule.action,
             });
         }
-        let weight = rule.weight.max(1);
-        let t = &mut entry.targets[i];
+        let Some(t) = entry.targets.get_mut(i) else {
+            return Err(TableError::NoTarget {
+                prefix: *prefix,
+                action: *target,
+            });
+        };
         t.action = rule.action;
-        t.weight = weight;
+        t.weight = rule.weight.max(1);
         if t.priority != rule.priority {
-            let mut moved = entry.targets.remove(i);
-            moved.priority = rule.priority;
-            entry.insert_target(moved);
+            if let Some(mut moved) = entry.targets.remove(i) {
+                moved.priority = rule.priority;
+                entry.insert_target(moved);
+            }
         }
         Ok(())
     }
@@ -250,7 +265,10 @@ impl ServiceTable {
             prefix: *prefix,
             action: *target,
         })?;
-        let removed = entry.targets.remove(i);
+        let removed = entry.targets.remove(i).ok_or(TableError::NoTarget {
+            prefix: *prefix,
+            action: *target,
+        })?;
         if entry.targets.is_empty() {
             self.map.remove(prefix);
         }

@@ -272,13 +272,105 @@ impl<'a> TargetSet<'a> {
     }
 }
 
+/// An entry's targets: one target inline (the common case: no separate allocation and no
+/// extra cache miss when picking), or a vector.
+#[derive(Clone, Debug)]
+pub(super) enum Targets {
+    One(Target),
+    Many(Vec<Target>),
+}
+
+impl Targets {
+    /// Inserts at `at` (at most the length).
+    pub(super) fn insert(&mut self, at: usize, target: Target) {
+        match self {
+            Self::Many(v) => v.insert(at.min(v.len()), target),
+            Self::One(_) => {
+                let Self::One(first) = core::mem::replace(self, Self::Many(Vec::new())) else {
+                    return;
+                };
+                let mut v = Vec::with_capacity(2);
+                v.push(first);
+                v.insert(at.min(1), target);
+                *self = Self::Many(v);
+            }
+        }
+    }
+
+    /// Removes and returns the target at `at`, if there is one.
+    pub(super) fn remove(&mut self, at: usize) -> Option<Target> {
+        let removed = match self {
+            Self::Many(v) if at < v.len() => v.remove(at),
+            Self::One(_) if at == 0 => {
+                let Self::One(t) = core::mem::replace(self, Self::Many(Vec::new())) else {
+                    return None;
+                };
+                return Some(t);
+            }
+            _ => return None,
+        };
+        self.shrink();
+        Some(removed)
+    }
+
+    /// Keeps the targets for which `keep` is true.
+    pub(super) fn retain(&mut self, keep: impl FnMut(&Target) -> bool) {
+        let mut v = match core::mem::replace(self, Self::Many(Vec::new())) {
+            Self::One(t) => vec![t],
+            Self::Many(v) => v,
+        };
+        v.retain(keep);
+        *self = Self::Many(v);
+        self.shrink();
+    }
+
+    /// Back to the inline form when one target is left.
+    fn shrink(&mut self) {
+        if let Self::Many(v) = self {
+            if v.len() == 1 {
+                if let Some(t) = v.pop() {
+                    *self = Self::One(t);
+                }
+            }
+        }
+    }
+}
+
+impl core::ops::Deref for Targets {
+    type Target = [Target];
+
+    fn deref(&self) -> &[Target] {
+        match self {
+            Self::One(t) => core::slice::from_ref(t),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+impl core::ops::DerefMut for Targets {
+    fn deref_mut(&mut self) -> &mut [Target] {
+        match self {
+            Self::One(t) => core::slice::from_mut(t),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Targets {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Targets {}
+
 /// The rules of one ServiceID prefix: targets grouped by priority, highest first.
 ///
 /// An entry always has at least one target; it leaves the table with its last target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Sorted by priority, highest first; equal priorities keep the order they were added in.
-    pub(super) targets: Vec<Target>,
+    pub(super) targets: Targets,
     pub(super) prefix: ServicePrefix,
     /// Index of this entry in the table's arena, for [`Pick`] handles.
     pub(super) slot: u32,
@@ -287,8 +379,7 @@ pub struct Entry {
 impl Entry {
     pub(super) fn new(prefix: ServicePrefix, slot: u32, target: Target) -> Self {
         Self {
-            // `vec!` allocates exactly one element (a push would reserve four).
-            targets: vec![target],
+            targets: Targets::One(target),
             prefix,
             slot,
         }

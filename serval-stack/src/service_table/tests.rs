@@ -16,6 +16,14 @@ fn fwd(i: u32) -> Action {
     Action::Forward(addr(i))
 }
 
+/// A table that keeps the 16-bit direct table from the first entry on.
+fn direct_table() -> ServiceTable {
+    ServiceTable {
+        map: PrefixMap::with_direct_min(0),
+        ..ServiceTable::default()
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Reference model: a Vec of entries with linear longest-prefix match.
 
@@ -271,8 +279,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn matches_reference_model(ops in prop::collection::vec(arb_op(), 1..120)) {
-        let mut table = ServiceTable::new();
+    fn matches_reference_model(
+        ops in prop::collection::vec(arb_op(), 1..120),
+        direct in any::<bool>(),
+    ) {
+        let mut table = if direct { direct_table() } else { ServiceTable::new() };
         let mut model = Model::default();
         let mut probes = Vec::new();
         for op in &ops {
@@ -296,8 +307,48 @@ proptest! {
 /// random order, checked against the model.
 #[test]
 fn random_bulk_against_model() {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut table = ServiceTable::new();
+    random_bulk(ServiceTable::new(), 7);
+}
+
+#[test]
+fn random_bulk_against_model_direct() {
+    random_bulk(direct_table(), 8);
+}
+
+/// The direct table appears and goes with the table's size, and lookups agree throughout.
+#[test]
+fn direct_table_threshold() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut t = ServiceTable {
+        map: PrefixMap::with_direct_min(64),
+        ..ServiceTable::default()
+    };
+    let mut model = Model::default();
+    let mut prefixes = Vec::new();
+    let probes: Vec<ServiceId> = (0..500)
+        .map(|_| ServiceId::from_bytes(rng.random()))
+        .collect();
+    while t.len() < 100 {
+        let len = rng.random_range(0..=24u16);
+        let p = ServicePrefix::new(ServiceId::from_bytes(rng.random()), len).unwrap();
+        let rule = Rule::drop();
+        assert_eq!(t.insert(p, rule), model.insert(p, rule));
+        prefixes.push(p);
+        assert_eq!(t.map.has_direct(), t.len() >= 64);
+        assert_same(&t, &model, &probes);
+    }
+    for p in &prefixes {
+        if t.len() < 10 {
+            break;
+        }
+        assert_eq!(t.remove_entry(p).is_ok(), model.remove_entry(p).is_some());
+        assert_eq!(t.map.has_direct(), t.len() >= 16);
+        assert_same(&t, &model, &probes);
+    }
+}
+
+fn random_bulk(mut table: ServiceTable, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut model = Model::default();
     let random_prefix = |rng: &mut ChaCha8Rng| {
         let mut bytes: [u8; 32] = rng.random();
@@ -308,7 +359,7 @@ fn random_bulk_against_model() {
         let len = rng.random_range(0..=256u16);
         ServicePrefix::new(ServiceId::from_bytes(bytes), len).unwrap()
     };
-    for round in 0..6000 {
+    for round in 0..4000 {
         if rng.random_bool(0.65) || model.entries.is_empty() {
             let p = random_prefix(&mut rng);
             let rule = Rule::forward(addr(rng.random_range(0..3)));
@@ -787,4 +838,13 @@ fn full_byte_fanout_and_compaction() {
     }
     assert!(t.is_empty());
     assert_eq!(t.map.shape(), (1, 0));
+}
+
+/// The memory budget (BENCHMARKS.md) rests on these sizes: one target inline in the entry.
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn entry_sizes() {
+    assert_eq!(size_of::<Target>(), 72);
+    assert_eq!(size_of::<rule::Targets>(), 72);
+    assert_eq!(size_of::<Entry>(), 112);
 }

@@ -1214,7 +1214,7 @@ fn run(algorithm: CongestionAlgorithm, loss: f64, seed: u64) -> Transfer {
 
 fn report(name: &str, r: &Transfer) {
     println!(
-        "{name}: {:.1} Mbit/s ({} bytes in {:.6} s) retx={} rto={} tlp={} spurious={} \
+        "{name}: {:.1} Mbit/s ({} bytes in {:.3} s) retx={} rto={} tlp={} spurious={} \
          cong={} dropped={} lost={} dup_rx={} srtt={:?}",
         r.goodput_mbps(),
         r.bytes,
