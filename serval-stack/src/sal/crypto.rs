@@ -252,3 +252,57 @@ mod tests {
         assert!(c.agree(&[0; 32], &t).is_none());
     }
 }
+
+/// The key-derivation vector of `docs/PROTOCOL.md` §2.12, checked against an independent
+/// implementation (Python `cryptography` + `hmac`).
+#[cfg(test)]
+mod vector {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        let mut s = String::new();
+        crate::wire::write_hex(&mut s, b).unwrap();
+        s
+    }
+
+    #[test]
+    fn key_derivation_vector() {
+        let c = KeyPair::from_random([7; 32]);
+        let s = KeyPair::from_random([9; 32]);
+        let t = Transcript {
+            client_flow: FlowId::new(0x1111_1111).unwrap(),
+            server_flow: FlowId::new(0x2222_2222).unwrap(),
+            client_nonce: Nonce([1; 8]),
+            server_nonce: Nonce([2; 8]),
+            service: ServiceId::from_u32(16385),
+            client_share: c.public(),
+            server_share: s.public(),
+        };
+        let shared = c.shared_secret(&s.public()).unwrap();
+        let keys = FlowKeys::derive(&shared, &t);
+        assert_eq!(
+            hex(&c.public()),
+            "13be4feaeaf204c7fd3358fc9c00721881d174278128227ec674f37f7fe97b6d"
+        );
+        assert_eq!(
+            hex(&s.public()),
+            "57db4b359f23ae5e146e4e2512056704722506348c150c14753d0c933d04d421"
+        );
+        assert_eq!(
+            hex(&shared.0),
+            "2ffe325b2a26611bf1911325d4a62b33749b8f350d0e88ba91e316acaae66554"
+        );
+        assert_eq!(
+            hex(&keys.client_to_server),
+            "08e1183172df9b5484944db96d9f4538d9f0f0fca40e526f5a98ae764309e79a"
+        );
+        assert_eq!(
+            hex(&keys.server_to_client),
+            "49e1f7a7069b04743fa06d6826a9cf8b33bc2c5e25d0d1a87e3c4293a81cf221"
+        );
+        assert_eq!(
+            hex(&keys.sign(Side::Client, &[b"header", b"payload"])),
+            "d12a09187ddcd2df3e1b7a077edc4fe7"
+        );
+    }
+}
