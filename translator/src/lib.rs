@@ -5,4 +5,5 @@
 
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod demo;
 pub mod ids;

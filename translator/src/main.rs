@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Walk through naming, the service table and flow resolution on an embedded default.
+    Demo,
     /// Show every form of a ServiceID: from text, a legacy address or a DNS name.
     ServiceId {
         /// An id or prefix: 64 hex digits, 0x<hex>[:bits], <decimal>[:bits] or `default`.
@@ -39,6 +41,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo => translator::demo::run()
+            .map(print)
+            .map_err(|e| e.to_string()),
         Command::ServiceId {
             id,
             legacy,
@@ -51,12 +56,7 @@ fn main() -> ExitCode {
                 (_, _, Some(n)) => IdInput::Name(n),
                 (None, None, None) => unreachable!("clap requires one input"),
             };
-            describe(&input).map(|text| {
-                #[allow(clippy::print_stdout)] // a CLI prints its answer
-                {
-                    print!("{text}");
-                }
-            })
+            describe(&input).map(print).map_err(|e| e.to_string())
         }
     };
     match result {
@@ -66,4 +66,9 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+#[allow(clippy::print_stdout)] // a CLI prints its answer
+fn print(text: String) {
+    print!("{text}");
 }
