@@ -1,15 +1,25 @@
 //! [`Endpoint`]: demultiplexes datagrams to flows, answers SYNs for local listeners, forwards
-//! SYNs by the service table (router role), and owns the key epochs.
+//! SYNs by the service table (router role), hands SYNs that hit DELAY back to the caller for
+//! the delay queue, carries unconnected datagrams (the control plane), and owns the key
+//! epochs.
 //!
 //! # Calling contract
 //!
 //! For every received datagram call [`Endpoint::handle`]; act on the returned
 //! [`DatagramEvent`]: hand `Flow` inputs to the named flow's [`Flow::handle`] with the same
 //! bytes, [`accept`](Endpoint::accept) or [`refuse`](Endpoint::refuse) an `Incoming`, send a
-//! `Transmit` written into `buf`. Then drain [`Endpoint::poll_transmit`] (SYN-ACKs of
-//! half-open flows), and keep [`Endpoint::handle_timeout`] called at
-//! [`Endpoint::poll_timeout`]. Pass every [`EndpointEvent`] a flow emits to
-//! [`Endpoint::handle_event`].
+//! `Transmit` written into `buf`, park a `Delayed` datagram in a
+//! [`DelayQueue`](crate::control::DelayQueue) (and give it to `handle` again, with the same
+//! `from`, when it is released), read an `Unconnected` payload. Then drain
+//! [`Endpoint::poll_transmit`] (SYN-ACKs of half-open flows), and keep
+//! [`Endpoint::handle_timeout`] called at [`Endpoint::poll_timeout`]. Pass every
+//! [`EndpointEvent`] a flow emits to [`Endpoint::handle_event`].
+//!
+//! A datagram whose `Transmit::destination` is this endpoint's own
+//! [`local_addr`](Endpoint::local_addr) (a connect to a local listener, or a SYN held by a
+//! DELAY rule, see [`Endpoint::connect`]) must come back to `handle` with `from` =
+//! `local_addr`: send it to the socket's own address, or, better, loop it back in the driver
+//! without a syscall.
 
 use core::net::SocketAddr;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -25,7 +35,9 @@ use super::stats::{DropReason, EndpointStats};
 use crate::service_table::{Action, ListenerId, Rule, ServiceTable, TableError};
 use crate::time::Timestamp;
 use crate::transport::StreamConfig;
-use crate::wire::sal::{ControlFlags, ControlRepr, Packet, Protocol, SalRepr, forward};
+use crate::wire::sal::{
+    ControlFlags, ControlRepr, Packet, Protocol, SalRepr, ServiceRepr, SourceRepr, forward,
+};
 use crate::wire::{FlowId, ServiceId, ServicePrefix};
 
 /// Names a flow of this endpoint (its local FlowID).
@@ -40,11 +52,22 @@ pub enum DatagramEvent {
     Flow(FlowHandle, FlowInput),
     /// A handshake completed for a local listener: accept or refuse it.
     NewFlow(Incoming),
-    /// A SYN or SYN-ACK forwarded by the service table, written into `buf`.
+    /// A SYN or SYN-ACK forwarded by the service table, or a locally originated SYN sent
+    /// on to its next hop (see [`Endpoint::connect`]), written into `buf`.
     Forward(Transmit),
     /// A reply the endpoint wrote into `buf` (a refusal).
     Response(Transmit),
-    /// An unconnected datagram for a local listener; the payload is
+    /// A SYN hit a DELAY rule; the endpoint kept nothing. Park the datagram (its bytes and
+    /// `from`) in a [`DelayQueue`](crate::control::DelayQueue) under `service`; when the
+    /// queue releases it, pass it to [`Endpoint::handle`] again with the same `from`, so it
+    /// is resolved afresh (FORWARD or DEMUX now, or DELAY again: then park the released
+    /// [`DelayedPacket`](crate::control::DelayedPacket) itself, which carries the loop
+    /// guard's count).
+    Delayed {
+        /// The ServiceID the SYN asked for.
+        service: ServiceId,
+    },
+    /// An unconnected datagram for a local listener of the same protocol; the payload is
     /// `datagram[payload_offset..]`.
     Unconnected {
         /// The listener whose prefix matched.
@@ -92,7 +115,9 @@ pub enum ConnectError {
     /// The matching rule is DROP.
     #[error("the service table drops this service")]
     Prohibited,
-    /// The matching rule is DELAY: the connect must wait for a controller verdict.
+    /// The matching rule is DELAY and the SYN cannot be held: this endpoint's `local_addr`
+    /// is unspecified (IP or port), so the SYN could not come back to it (see
+    /// [`Endpoint::connect`]).
     #[error("the service is delayed by the service table")]
     Delayed,
     /// The flow table is full.
@@ -108,6 +133,56 @@ pub enum ListenError {
     #[error("service table: {0}")]
     Table(#[from] TableError),
 }
+
+/// Why [`Endpoint::send_unconnected`] wrote nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Zero-length datagrams are not sent (the original refused them too).
+    #[error("empty datagram")]
+    Empty,
+    /// The payload does not fit `max_udp_payload` after the SAL header.
+    #[error("datagram too large: at most {max} payload bytes")]
+    TooLarge {
+        /// The largest payload that fits.
+        max: usize,
+    },
+}
+
+/// The control plane's well-known ServiceIDs: registrations and their replies travel as
+/// unconnected SAL datagrams between them (`docs/SAL.md` §6).
+///
+/// The defaults are the original servd's endpoint ids, as [`ServiceId::from_u32`]
+/// (`SERVAL-ORIGINAL.md` §5.3): hosts 55555 (`0000d903 00…`), routers 88888
+/// (`00015b38 00…`). A deployment may pick others; a router answers a registrant at the
+/// source ServiceID the registration carried, so only the router's id must be agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlServices {
+    /// Where registrants (server hosts) receive the routers' replies.
+    pub host: ServiceId,
+    /// Where service routers receive REGISTER / UNREGISTER.
+    pub router: ServiceId,
+}
+
+impl ControlServices {
+    /// The original's ids: host 55555, router 88888.
+    pub const DEFAULT: Self = Self {
+        host: HOST_CONTROL_SERVICE,
+        router: ROUTER_CONTROL_SERVICE,
+    };
+}
+
+impl Default for ControlServices {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Default ServiceID of a host's control endpoint (the original host servd's 55555).
+pub const HOST_CONTROL_SERVICE: ServiceId = ServiceId::from_u32(55_555);
+/// Default ServiceID of a service router's control endpoint (the original router servd's
+/// 88888).
+pub const ROUTER_CONTROL_SERVICE: ServiceId = ServiceId::from_u32(88_888);
 
 #[derive(Debug, Clone, Copy)]
 struct Listener {
@@ -141,6 +216,9 @@ pub struct Endpoint {
     half_open_timers: BTreeSet<(Timestamp, FlowId)>,
     /// Half-open flows with something to send.
     half_open_ready: VecDeque<FlowId>,
+    /// Authenticated RSTs of evicted half-open flows, waiting for `poll_transmit`
+    /// (bounded: the oldest is dropped).
+    evicted_rsts: VecDeque<(Transmit, Vec<u8>)>,
     listeners: HashMap<ListenerId, Listener>,
     next_listener: u32,
     epochs: [Option<Epoch>; 2],
@@ -157,7 +235,12 @@ struct HalfOpen {
     listener: ListenerId,
     key: (SocketAddr, FlowId),
     timer: Option<Timestamp>,
+    /// The SYN's SOURCE path, so an eviction RST can retrace it through the routers.
+    source: Option<Box<SourceRepr>>,
 }
+
+/// Most eviction RSTs waiting for `poll_transmit`.
+const MAX_EVICTED_RSTS: usize = 256;
 
 impl core::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -191,6 +274,7 @@ impl Endpoint {
             half_open_order: VecDeque::new(),
             half_open_timers: BTreeSet::new(),
             half_open_ready: VecDeque::new(),
+            evicted_rsts: VecDeque::new(),
             listeners: HashMap::new(),
             next_listener: 1,
             epochs: [Some(first), None],
@@ -209,6 +293,11 @@ impl Endpoint {
     /// managed by [`listen`](Self::listen)).
     pub fn table_mut(&mut self) -> &mut ServiceTable {
         &mut self.table
+    }
+
+    /// The endpoint's own address (`config.local_addr`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.config.local_addr
     }
 
     /// Counters.
@@ -247,6 +336,21 @@ impl Endpoint {
     }
 
     /// Opens a flow to `service`, resolved through the service table (late binding).
+    ///
+    /// FORWARD: the SYN goes to the rule's next hop. DEMUX (a local listener) and **DELAY**:
+    /// the SYN goes to this endpoint itself ([`local_addr`](Self::local_addr)), and every
+    /// transmission of it (first and retransmissions) is resolved again when it comes back
+    /// to [`handle`](Self::handle), as the original passed locally generated packets back to
+    /// SAL output: a DELAY rule turns it into [`DatagramEvent::Delayed`] (the caller parks
+    /// it like a received SYN), and once released it is sent unchanged to the FORWARD next
+    /// hop then in force, or to a local listener; a DROP or missing rule by then refuses
+    /// the flow (an RST to itself, [`CloseReason::Refused`](super::CloseReason::Refused)).
+    /// The flow is created at once, so its handshake retransmission and timeout apply while
+    /// it is held.
+    ///
+    /// Errors: [`ConnectError::NoRoute`] / [`ConnectError::Prohibited`] for no rule / DROP;
+    /// [`ConnectError::Delayed`] only when DELAY applies and `local_addr` is unspecified (IP
+    /// or port), since the SYN could not come back.
     pub fn connect(
         &mut self,
         now: Timestamp,
@@ -261,7 +365,13 @@ impl Endpoint {
         let peer = match *pick.action() {
             Action::Forward(addr) => addr,
             Action::Demux(_) => self.config.local_addr,
-            Action::Delay => return Err(ConnectError::Delayed),
+            Action::Delay => {
+                let own = self.config.local_addr;
+                if own.ip().is_unspecified() || own.port() == 0 {
+                    return Err(ConnectError::Delayed);
+                }
+                own
+            }
             Action::Drop => return Err(ConnectError::Prohibited),
         };
         self.connect_to(now, service, peer, protocol)
@@ -360,11 +470,13 @@ impl Endpoint {
         if flags == ControlFlags::SYN {
             return self.handle_syn(now, from, &repr, datagram, buf);
         }
-        if flags == ControlFlags::SYN | ControlFlags::ACK {
+        if flags == ControlFlags::SYN | ControlFlags::ACK
+            || (flags.contains(ControlFlags::RST) && repr.source.is_some())
+        {
             return self.relay_syn_ack(from, &repr, datagram, buf);
         }
         if repr.control.is_none() && repr.dst_flow.is_none() {
-            return self.handle_unconnected(&repr, parsed.header_len);
+            return self.handle_unconnected(&repr, parsed.header_len, datagram.len());
         }
         // Data or control for an unknown flow: silent (a RST would be a FlowID oracle).
         self.drop(DropReason::UnknownFlow)
@@ -391,6 +503,9 @@ impl Endpoint {
             }
             return None;
         }
+        if self.is_own_syn(from, syn, client_flow) {
+            return self.resolve_own_syn(now, from, service, client_flow, syn, datagram, buf);
+        }
         let hash = flow_hash(client, client_flow);
         let Some(pick) = self
             .table
@@ -404,9 +519,66 @@ impl Endpoint {
                 self.forward_syn(from, next, datagram, buf)
             }
             Action::Forward(_) | Action::Drop => self.refuse_syn(from, syn, buf),
-            // The delay queue (control::delay) is driven by the router role above this layer.
-            Action::Delay => self.drop(DropReason::NoService),
+            Action::Delay => self.delayed(service),
         }
+    }
+
+    /// A SYN of one of our own client flows still in its handshake, come back from our own
+    /// address (see [`connect`](Self::connect)): locally originated, not received.
+    fn is_own_syn(&self, from: SocketAddr, syn: &SalRepr, client_flow: FlowId) -> bool {
+        from == self.config.local_addr
+            && syn.source.is_none()
+            && self
+                .flows
+                .get(&client_flow)
+                .is_some_and(|e| e.client_epoch.is_some())
+    }
+
+    /// Resolves a locally originated SYN again (late binding on every transmission): sent
+    /// unchanged to a FORWARD next hop (we are its origin, so no SOURCE and no `forwarding`
+    /// needed), opened at a local listener, handed back as `Delayed`, or refused.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_own_syn(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        service: ServiceId,
+        client_flow: FlowId,
+        syn: &SalRepr,
+        datagram: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Option<DatagramEvent> {
+        let hash = flow_hash(from, client_flow);
+        let Some(pick) = self
+            .table
+            .resolve_by_hash(&service, hash, datagram.len() as u64)
+        else {
+            return self.refuse_syn(from, syn, buf);
+        };
+        match *pick.action() {
+            Action::Demux(listener) => self.open_half(now, from, listener, syn, datagram),
+            // A FORWARD rule pointing at ourselves would loop the SYN for ever.
+            Action::Forward(next) if next == self.config.local_addr => {
+                self.drop(DropReason::NotForwardable)
+            }
+            Action::Forward(next) => {
+                buf.clear();
+                buf.extend_from_slice(datagram);
+                self.stats.held_syns_sent += 1;
+                Some(DatagramEvent::Forward(Transmit {
+                    destination: next,
+                    size: datagram.len(),
+                    src: None,
+                }))
+            }
+            Action::Delay => self.delayed(service),
+            Action::Drop => self.refuse_syn(from, syn, buf),
+        }
+    }
+
+    fn delayed(&mut self, service: ServiceId) -> Option<DatagramEvent> {
+        self.stats.syns_delayed += 1;
+        Some(DatagramEvent::Delayed { service })
     }
 
     fn open_half(
@@ -434,7 +606,7 @@ impl Endpoint {
             return self.drop(DropReason::Overload);
         }
         if self.half_open.len() >= self.config.max_half_open {
-            self.evict_oldest_half_open();
+            self.evict_oldest_half_open(now);
         }
         let epoch = self.current_epoch().id;
         let Some(shared) = self.shared_secret(epoch, &peer_share) else {
@@ -457,6 +629,7 @@ impl Endpoint {
                 listener,
                 key,
                 timer: None,
+                source: syn.source.map(Box::new),
             },
         );
         self.half_open_order.push_back(id);
@@ -509,8 +682,9 @@ impl Endpoint {
         }
     }
 
-    /// A SYN-ACK on its way back through this router: send it to the client (SOURCE
-    /// record 0), appending the server's address as seen here (`docs/SAL.md` §3).
+    /// A SYN-ACK (or the RST of a half-open flow the server evicted) on its way back
+    /// through this router: send it to the client (SOURCE record 0), appending the server's
+    /// address as seen here (`docs/SAL.md` §3, §6.3).
     fn relay_syn_ack(
         &mut self,
         from: SocketAddr,
@@ -584,31 +758,88 @@ impl Endpoint {
         }))
     }
 
-    fn handle_unconnected(&mut self, repr: &SalRepr, header_len: usize) -> Option<DatagramEvent> {
+    fn handle_unconnected(
+        &mut self,
+        repr: &SalRepr,
+        header_len: usize,
+        len: usize,
+    ) -> Option<DatagramEvent> {
         let Some(service) = repr.service else {
             return self.drop(DropReason::Malformed);
         };
-        match self.table.lookup(&service.dst).map(|e| e.active()) {
-            Some(set) => {
-                let listener = set.targets().iter().find_map(|t| match t.action() {
-                    Action::Demux(l) => Some(*l),
-                    _ => None,
-                });
-                match listener {
-                    Some(listener) => Some(DatagramEvent::Unconnected {
-                        listener,
-                        source_service: service.src,
-                        payload_offset: header_len,
-                    }),
-                    None => self.drop(DropReason::NoService),
-                }
+        if len <= header_len {
+            // Zero-length datagrams are dropped, as the original's UDP did.
+            return self.drop(DropReason::Malformed);
+        }
+        let listener = self.table.lookup(&service.dst).and_then(|e| {
+            e.active().targets().iter().find_map(|t| match t.action() {
+                Action::Demux(l) => Some(*l),
+                _ => None,
+            })
+        });
+        let protocol = listener
+            .and_then(|l| self.listeners.get(&l))
+            .map(|l| l.protocol);
+        match listener {
+            Some(listener) if protocol == Some(repr.protocol) => {
+                self.stats.unconnected_received += 1;
+                Some(DatagramEvent::Unconnected {
+                    listener,
+                    source_service: service.src,
+                    payload_offset: header_len,
+                })
             }
-            None => self.drop(DropReason::NoService),
+            _ => self.drop(DropReason::NoService),
         }
     }
 
-    /// SYN-ACKs (and their retransmissions) of half-open flows.
+    /// Writes an unconnected datagram (protocol 17, no flow: SERVICE `dst_service` then
+    /// SERVICE `src_service`, then `payload`) into `buf` for `to`, as the original's
+    /// unconnected datagram sockets sent. The control plane uses it between
+    /// [`ControlServices`]; `to` is given, not resolved (the original's "advisory IP").
+    /// The receiving endpoint hands it to a datagram listener on `dst_service` as
+    /// [`DatagramEvent::Unconnected`].
+    pub fn send_unconnected(
+        &mut self,
+        dst_service: ServiceId,
+        src_service: ServiceId,
+        to: SocketAddr,
+        payload: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<Transmit, SendError> {
+        let mut repr = SalRepr::new(None, None, Protocol::UDP);
+        repr.service = Some(ServiceRepr {
+            dst: dst_service,
+            src: Some(src_service),
+        });
+        let header = repr.buffer_len();
+        let max = self.config.max_udp_payload.saturating_sub(header);
+        if payload.is_empty() {
+            return Err(SendError::Empty);
+        }
+        if payload.len() > max {
+            return Err(SendError::TooLarge { max });
+        }
+        buf.clear();
+        buf.resize(header, 0);
+        buf.extend_from_slice(payload);
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+        self.stats.unconnected_sent += 1;
+        Ok(Transmit {
+            destination: to,
+            size: buf.len(),
+            src: None,
+        })
+    }
+
+    /// SYN-ACKs (and their retransmissions) of half-open flows, and the RSTs of half-open
+    /// flows evicted at the limit.
     pub fn poll_transmit(&mut self, now: Timestamp, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((t, bytes)) = self.evicted_rsts.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&bytes);
+            return Some(t);
+        }
         while let Some(&id) = self.half_open_ready.front() {
             let Some(h) = self.half_open.get_mut(&id) else {
                 self.half_open_ready.pop_front();
@@ -734,10 +965,25 @@ impl Endpoint {
         self.shared_secret(epoch, &repr.key_share?)
     }
 
-    fn evict_oldest_half_open(&mut self) {
+    /// Makes room for a new SYN. The evicted flow's client may already hold our SYN-ACK
+    /// and believe it is connected: it gets an authenticated RST, along the SYN's path
+    /// (with its SOURCE, which routers relay like a SYN-ACK), so it fails at once instead of
+    /// sending into a flow that no longer exists until its stream gives up.
+    fn evict_oldest_half_open(&mut self, now: Timestamp) {
         while let Some(id) = self.half_open_order.pop_front() {
-            if self.remove_half_open(id).is_some() {
+            if let Some(mut h) = self.remove_half_open(id) {
                 self.stats.half_open_evicted += 1;
+                h.flow.abort(now);
+                let mut bytes = Vec::new();
+                if let Some(t) = h.flow.poll_transmit(now, &mut bytes)
+                    && let Some(rst) = with_source(&bytes[..t.size], h.source.as_deref())
+                {
+                    if self.evicted_rsts.len() >= MAX_EVICTED_RSTS {
+                        self.evicted_rsts.pop_front();
+                    }
+                    let size = rst.len();
+                    self.evicted_rsts.push_back((Transmit { size, ..t }, rst));
+                }
                 return;
             }
         }
@@ -771,6 +1017,22 @@ impl Endpoint {
     }
 }
 
+/// `datagram` with `source` as its SOURCE extension (unchanged without one). The MAC stays
+/// valid: its input leaves SOURCE out.
+fn with_source(datagram: &[u8], source: Option<&SourceRepr>) -> Option<Vec<u8>> {
+    let Some(source) = source else {
+        return Some(datagram.to_vec());
+    };
+    let parsed = SalRepr::parse_datagram(datagram).ok()?;
+    let mut repr = parsed.repr;
+    repr.source = Some(*source);
+    let hlen = repr.buffer_len();
+    let mut out = vec![0; hlen + parsed.payload.len()];
+    out.get_mut(hlen..)?.copy_from_slice(parsed.payload);
+    repr.emit(&mut Packet::new_unchecked(&mut out[..]));
+    Some(out)
+}
+
 /// Keeps one client's retransmitted SYNs on one replica: the same (address, FlowID) always
 /// hashes the same way.
 fn flow_hash(client: SocketAddr, flow: FlowId) -> u64 {
@@ -791,4 +1053,278 @@ fn flow_hash(client: SocketAddr, flow: FlowId) -> u64 {
     client.hash(&mut h);
     flow.get().hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(seed: u8, addr: &str, forwarding: bool) -> Endpoint {
+        let c = EndpointConfig {
+            rng_seed: [seed; 32],
+            local_addr: addr.parse().unwrap(),
+            forwarding,
+            ..EndpointConfig::default()
+        };
+        Endpoint::new(c, Timestamp::ZERO)
+    }
+
+    fn prefix() -> ServicePrefix {
+        ServicePrefix::exact(ServiceId::from_u32(16385))
+    }
+
+    fn flags(bytes: &[u8]) -> ControlFlags {
+        SalRepr::parse_datagram(bytes).unwrap().repr.flags()
+    }
+
+    /// A client SYN for the service, from a client at `client`.
+    fn syn(client: &str) -> Vec<u8> {
+        let mut c = endpoint(9, client, false);
+        let (_, mut flow) = c
+            .connect_to(
+                Timestamp::ZERO,
+                ServiceId::from_u32(16385),
+                "192.0.2.1:54325".parse().unwrap(),
+                Protocol::UDP,
+            )
+            .unwrap();
+        let mut buf = Vec::new();
+        let t = flow.poll_transmit(Timestamp::ZERO, &mut buf).unwrap();
+        buf.truncate(t.size);
+        buf
+    }
+
+    #[test]
+    fn unconnected_datagrams_reach_a_datagram_listener_only() {
+        let now = Timestamp::ZERO;
+        let mut a = endpoint(1, "192.0.2.10:54325", false);
+        let mut b = endpoint(2, "192.0.2.1:54325", false);
+        let control = b
+            .listen(ServicePrefix::exact(ROUTER_CONTROL_SERVICE), Protocol::UDP)
+            .unwrap();
+        b.listen(prefix(), Protocol::TCP).unwrap();
+        let mut buf = Vec::new();
+        let t = a
+            .send_unconnected(
+                ROUTER_CONTROL_SERVICE,
+                HOST_CONTROL_SERVICE,
+                b.local_addr(),
+                b"register",
+                &mut buf,
+            )
+            .unwrap();
+        assert_eq!(t.destination, b.local_addr());
+        let bytes = buf[..t.size].to_vec();
+        let mut out = Vec::new();
+        match b.handle(now, a.local_addr(), &bytes, &mut out) {
+            Some(DatagramEvent::Unconnected {
+                listener,
+                source_service,
+                payload_offset,
+            }) => {
+                assert_eq!(listener, control);
+                assert_eq!(source_service, Some(HOST_CONTROL_SERVICE));
+                assert_eq!(&bytes[payload_offset..], b"register");
+            }
+            other => panic!("{other:?}"),
+        }
+        // To a stream listener, or to nobody: dropped.
+        let t = a
+            .send_unconnected(
+                prefix().id().to_owned(),
+                HOST_CONTROL_SERVICE,
+                b.local_addr(),
+                b"x",
+                &mut buf,
+            )
+            .unwrap();
+        let bytes = buf[..t.size].to_vec();
+        assert!(b.handle(now, a.local_addr(), &bytes, &mut out).is_none());
+        let t = a
+            .send_unconnected(
+                ServiceId::from_u32(7),
+                HOST_CONTROL_SERVICE,
+                b.local_addr(),
+                b"x",
+                &mut buf,
+            )
+            .unwrap();
+        let bytes = buf[..t.size].to_vec();
+        assert!(b.handle(now, a.local_addr(), &bytes, &mut out).is_none());
+        assert_eq!(b.stats().drops.no_service, 2);
+        assert_eq!(
+            (a.stats().unconnected_sent, b.stats().unconnected_received),
+            (3, 1)
+        );
+        // Empty and oversized payloads are refused.
+        assert_eq!(
+            a.send_unconnected(
+                ROUTER_CONTROL_SERVICE,
+                HOST_CONTROL_SERVICE,
+                b.local_addr(),
+                b"",
+                &mut buf
+            ),
+            Err(SendError::Empty)
+        );
+        let max = 1452 - 84;
+        assert!(
+            a.send_unconnected(
+                ROUTER_CONTROL_SERVICE,
+                HOST_CONTROL_SERVICE,
+                b.local_addr(),
+                &[1; 1368],
+                &mut buf
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            a.send_unconnected(
+                ROUTER_CONTROL_SERVICE,
+                HOST_CONTROL_SERVICE,
+                b.local_addr(),
+                &[1; 1369],
+                &mut buf
+            ),
+            Err(SendError::TooLarge { max })
+        );
+    }
+
+    #[test]
+    fn a_syn_meeting_delay_is_handed_back_then_resolved_again() {
+        let now = Timestamp::ZERO;
+        let mut r = endpoint(3, "192.0.2.1:54325", true);
+        r.table_mut().insert(prefix(), Rule::delay()).unwrap();
+        let bytes = syn("10.0.0.1:5000");
+        let client: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mut buf = Vec::new();
+        assert!(matches!(
+            r.handle(now, client, &bytes, &mut buf),
+            Some(DatagramEvent::Delayed { service }) if service == ServiceId::from_u32(16385)
+        ));
+        assert_eq!(r.flow_count(), 0, "nothing kept");
+        // Released once a replica is registered above the DELAY rule: forwarded.
+        let server: SocketAddr = "192.0.2.10:54325".parse().unwrap();
+        r.table_mut()
+            .insert(prefix(), Rule::forward(server).with_priority(2))
+            .unwrap();
+        match r.handle(now, client, &bytes, &mut buf) {
+            Some(DatagramEvent::Forward(t)) => {
+                assert_eq!(t.destination, server);
+                let fwd = SalRepr::parse_datagram(&buf[..t.size]).unwrap().repr;
+                assert_eq!(fwd.source.unwrap().sender(), client);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.stats().syns_delayed, 1);
+    }
+
+    #[test]
+    fn a_local_connect_meeting_delay_is_held_and_sent_on_when_released() {
+        let now = Timestamp::ZERO;
+        let mut unspecified = endpoint(4, "0.0.0.0:54325", false);
+        unspecified
+            .table_mut()
+            .insert(prefix(), Rule::delay())
+            .unwrap();
+        assert_eq!(
+            unspecified
+                .connect(now, ServiceId::from_u32(16385), Protocol::UDP)
+                .unwrap_err(),
+            ConnectError::Delayed
+        );
+
+        let mut c = endpoint(5, "10.0.0.1:5000", false);
+        let me = c.local_addr();
+        c.table_mut().insert(prefix(), Rule::delay()).unwrap();
+        let (_, mut flow) = c
+            .connect(now, ServiceId::from_u32(16385), Protocol::UDP)
+            .unwrap();
+        let mut buf = Vec::new();
+        let t = flow.poll_transmit(now, &mut buf).unwrap();
+        assert_eq!(t.destination, me, "the SYN comes back to its own endpoint");
+        let held = buf[..t.size].to_vec();
+        let mut out = Vec::new();
+        assert!(matches!(
+            c.handle(now, me, &held, &mut out),
+            Some(DatagramEvent::Delayed { .. })
+        ));
+        // The same bytes from anyone else are a received SYN: a host does not forward.
+        let next: SocketAddr = "192.0.2.1:54325".parse().unwrap();
+        c.table_mut().remove(&prefix(), &Action::Delay).unwrap();
+        c.table_mut()
+            .insert(ServicePrefix::DEFAULT, Rule::forward(next))
+            .unwrap();
+        assert!(matches!(
+            c.handle(now, "203.0.113.1:1".parse().unwrap(), &held, &mut out),
+            Some(DatagramEvent::Response(_))
+        ));
+        // Released: sent unchanged to the next hop now in force.
+        match c.handle(now, me, &held, &mut out) {
+            Some(DatagramEvent::Forward(t)) => {
+                assert_eq!(t.destination, next);
+                assert_eq!(&out[..t.size], &held[..]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A FORWARD rule pointing at ourselves would loop: dropped.
+        c.table_mut().insert(prefix(), Rule::forward(me)).unwrap();
+        assert!(c.handle(now, me, &held, &mut out).is_none());
+        assert_eq!(c.stats().held_syns_sent, 1);
+    }
+
+    #[test]
+    fn an_evicted_half_open_flow_is_reset_along_the_syn_path() {
+        let now = Timestamp::ZERO;
+        let c = EndpointConfig {
+            local_addr: "192.0.2.10:54325".parse().unwrap(),
+            max_half_open: 1,
+            ..EndpointConfig::default()
+        };
+        let mut s = Endpoint::new(c, now);
+        s.listen(prefix(), Protocol::UDP).unwrap();
+        let router: SocketAddr = "192.0.2.1:54325".parse().unwrap();
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        // Two SYNs forwarded by a router (with SOURCE): the second evicts the first.
+        for client in ["198.51.100.1:40000", "198.51.100.2:40000"] {
+            let client: SocketAddr = client.parse().unwrap();
+            let len = forward_syn_bytes(&syn(&client.to_string()), client, router, &mut buf);
+            assert!(s.handle(now, router, &buf[..len], &mut out).is_none());
+        }
+        assert_eq!(s.half_open_count(), 1);
+        assert_eq!(s.stats().half_open_evicted, 1);
+        let mut sent = Vec::new();
+        while let Some(t) = s.poll_transmit(now, &mut out) {
+            sent.push((t, out[..t.size].to_vec()));
+        }
+        let (t, rst) = &sent[0];
+        assert_eq!(t.destination, router);
+        assert!(flags(rst).contains(ControlFlags::RST));
+        let repr = SalRepr::parse_datagram(rst).unwrap().repr;
+        assert!(repr.mac.is_some(), "authenticated");
+        assert_eq!(
+            repr.source.unwrap().sender(),
+            "198.51.100.1:40000".parse().unwrap()
+        );
+        // The router relays it to the client like a SYN-ACK.
+        let mut r = endpoint(6, "192.0.2.1:54325", true);
+        match r.handle(now, s.local_addr(), rst, &mut buf) {
+            Some(DatagramEvent::Forward(t)) => {
+                assert_eq!(t.destination, "198.51.100.1:40000".parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn forward_syn_bytes(
+        syn: &[u8],
+        client: SocketAddr,
+        router: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        out.clear();
+        out.resize(syn.len() + crate::wire::sal::MAX_HEADER_LEN, 0);
+        forward(syn, client, router, out).unwrap()
+    }
 }

@@ -14,6 +14,9 @@ mod flow;
 mod stats;
 
 pub use config::{EndpointConfig, FlowConfig};
-pub use endpoint::{ConnectError, DatagramEvent, Endpoint, FlowHandle, Incoming, ListenError};
+pub use endpoint::{
+    ConnectError, ControlServices, DatagramEvent, Endpoint, FlowHandle, HOST_CONTROL_SERVICE,
+    Incoming, ListenError, ROUTER_CONTROL_SERVICE, SendError,
+};
 pub use flow::{CloseReason, EndpointEvent, Event, Flow, FlowInput, Transmit};
 pub use stats::{DropCounts, DropReason, EndpointStats, FlowStats};

@@ -162,12 +162,23 @@ pub struct EndpointStats {
     pub accepted: u64,
     /// SYNs forwarded by the service table (router role).
     pub forwarded_syns: u64,
-    /// SYN-ACKs relayed back towards their client (router role).
+    /// SYN-ACKs relayed back towards their client (router role), and RSTs of half-open
+    /// flows a server evicted, relayed the same way.
     pub forwarded_syn_acks: u64,
     /// Refusals (unauthenticated RST) sent for SYNs with no service.
     pub refusals_sent: u64,
     /// Half-open flows evicted to admit a newer SYN at the limit.
     pub half_open_evicted: u64,
+    /// SYNs that hit a DELAY rule and were handed back as `DatagramEvent::Delayed`
+    /// (every round counts).
+    pub syns_delayed: u64,
+    /// Locally originated SYNs (held by DELAY, or resolved again on a retransmission) sent
+    /// to a FORWARD next hop when they came back to the endpoint.
+    pub held_syns_sent: u64,
+    /// Unconnected datagrams delivered to a listener.
+    pub unconnected_received: u64,
+    /// Unconnected datagrams written by `Endpoint::send_unconnected`.
+    pub unconnected_sent: u64,
     /// X25519 computations (cache misses).
     pub key_agreements: u64,
     /// Shared secrets served from the cache.
