@@ -12,6 +12,8 @@ pub mod crypto;
 mod endpoint;
 mod flow;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 pub use config::{EndpointConfig, FlowConfig};
 pub use endpoint::{
