@@ -1,2 +1,5 @@
 //! Benchmarks for the Serval translator workspace; see `BENCHMARKS.md` for how to run them
 //! and the figures they produced.
+
+pub mod bit_trie;
+pub mod sal_pair;

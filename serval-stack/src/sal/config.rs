@@ -24,7 +24,9 @@ pub struct EndpointConfig {
     /// Most half-open (SYN received, conn-ACK not yet) flows; the oldest is evicted when a
     /// new SYN arrives at the limit. The original capped at 500. Default 1024.
     pub max_half_open: usize,
-    /// How long a half-open flow waits for the conn-ACK. Default 3 s (the original's).
+    /// How long a half-open flow waits for the conn-ACK while repeating its SYN-ACK (at
+    /// 1, 3, 7 s). Default 10 s; the original used 3 s but never repeated the SYN-ACK.
+    /// Memory under a SYN flood is bounded by `max_half_open`, not by this.
     pub half_open_timeout: Duration,
     /// Largest UDP payload sent. Default 1452: fits a 1500-byte MTU under IPv6 and IPv4
     /// outer headers without fragmentation.
@@ -69,7 +71,7 @@ impl Default for EndpointConfig {
             forwarding: false,
             max_flows: 65_536,
             max_half_open: 1024,
-            half_open_timeout: Duration::from_secs(3),
+            half_open_timeout: Duration::from_secs(10),
             max_udp_payload: 1452,
             key_epoch: Duration::from_secs(60),
             secret_cache: 4096,

@@ -656,6 +656,23 @@ impl Flow {
 
     /// A datagram the endpoint routed to this flow (by destination FlowID).
     pub fn handle(&mut self, now: Timestamp, from: SocketAddr, input: FlowInput, datagram: &[u8]) {
+        // Fast path: a data packet is the bare 12-byte base header, read in place (the
+        // checks and their order are `SalRepr::parse`'s and the ones below).
+        if let Ok(packet) = Packet::new_checked(datagram)
+            && usize::from(packet.header_words()) * 4 == crate::wire::sal::HEADER_LEN
+        {
+            if !packet.verify_checksum() {
+                return self.drop(DropReason::Malformed);
+            }
+            if self.state == State::Closed {
+                return self.drop(DropReason::Closed);
+            }
+            if packet.dst_flow_id() != Some(self.local_flow) {
+                return self.drop(DropReason::UnknownFlow);
+            }
+            let payload = datagram.get(crate::wire::sal::HEADER_LEN..).unwrap_or(&[]);
+            return self.handle_data(now, from, packet.src_flow_id(), payload);
+        }
         let parsed = match SalRepr::parse_datagram(datagram) {
             Ok(p) => p,
             Err(_) => return self.drop(DropReason::Malformed),
@@ -668,16 +685,31 @@ impl Flow {
             return self.drop(DropReason::UnknownFlow);
         }
         match repr.control {
-            None => self.handle_data(now, from, &repr, parsed.payload),
+            None => self.handle_data(now, from, repr.src_flow, parsed.payload),
             Some(control) => self.handle_control(now, from, &repr, control, parsed.payload, input),
         }
     }
 
-    fn handle_data(&mut self, now: Timestamp, from: SocketAddr, repr: &SalRepr, payload: &[u8]) {
+    fn handle_data(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        src_flow: Option<FlowId>,
+        payload: &[u8],
+    ) {
+        if self.state == State::Respond && src_flow == self.peer_flow {
+            // The client has our SYN-ACK and already sends data: its conn-ACK was lost.
+            // Repeat the SYN-ACK now (at most once per minimum RTO) so it answers again,
+            // instead of waiting for our retransmission timer.
+            if now - self.last_send >= self.config.min_rto {
+                self.rtx.due = true;
+            }
+            return self.drop(DropReason::UnexpectedData);
+        }
         // Data may arrive in Linger too (the stream's last ACKs): only the handshake states
         // and a foreign source FlowID are wrong.
         let open = matches!(self.state, State::Connected | State::Linger { .. });
-        if !open || repr.src_flow != self.peer_flow {
+        if !open || src_flow != self.peer_flow {
             return self.drop(DropReason::UnexpectedData);
         }
         self.last_recv = now;
@@ -1153,8 +1185,8 @@ impl Flow {
         if !matches!(self.state, State::Connected | State::Linger { .. }) {
             return None;
         }
-        let repr = SalRepr::new(Some(self.local_flow), self.peer_flow, self.protocol);
-        let hlen = repr.buffer_len();
+        // A data packet is the bare base header: written in place, no `SalRepr` needed.
+        let hlen = crate::wire::sal::HEADER_LEN;
         let payload_len = match &mut self.transport {
             Transport::Stream(stream) => {
                 buf.clear();
@@ -1173,7 +1205,13 @@ impl Flow {
             Transport::None => return None,
         };
         buf.truncate(hlen + payload_len);
-        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
+        // What `SalRepr::new(local, peer, protocol).emit(..)` writes, byte for byte.
+        let mut packet = Packet::new_unchecked(&mut buf[..]);
+        packet.set_header_words((hlen / 4) as u8);
+        packet.set_src_flow_id(Some(self.local_flow));
+        packet.set_dst_flow_id(self.peer_flow);
+        packet.set_protocol(self.protocol);
+        packet.fill_checksum();
         self.last_send = now;
         self.stats.data_packets_sent += 1;
         self.stats.bytes_sent += payload_len as u64;

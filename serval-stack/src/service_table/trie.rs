@@ -23,7 +23,6 @@
 //! * Every node except the root holds at least two things (children plus block prefixes),
 //!   so there are fewer nodes than prefixes; a removal that leaves one thing folds the node
 //!   back into its parent's slot.
-//!
 //! * Once the map holds [`DIRECT_MIN`] values, a **direct table** indexed by the key's first
 //!   16 bits gives the best match of length < 16 and the trie position to continue from
 //!   (poptrie's direct pointing), so a lookup skips the two top levels. It is derived from
@@ -33,7 +32,9 @@
 //!
 //! Lookup walks down remembering the last match (in-node run value, or a leaf whose prefix
 //! contains the key). Values (the table's entries) live in a separate arena addressed by
-//! `u32`, out of the hot nodes, and a lookup returns a reference without reading the value.
+//! `u32`, out of the hot nodes, and a lookup returns a reference without reading the value
+//! (a `live` bitmap, not an `Option`, marks free slots). The arena grows by a quarter at a
+//! time rather than doubling, which bounds its unused part to a fifth.
 //! Updates touch one path: per node changed, at most a 512-slot shift and a 256-slot
 //! re-expansion; never a rebuild.
 
@@ -62,7 +63,7 @@ pub(crate) trait Keyed {
 pub(crate) struct MapFull;
 
 /// Values from which the direct table is kept (512 KiB, so not for small maps).
-pub(crate) const DIRECT_MIN: usize = 1 << 14;
+const DIRECT_MIN: usize = 1 << 14;
 
 /// Items a node holds inline (fills the node to three cache lines).
 const INLINE: usize = 26;
@@ -113,7 +114,7 @@ impl Node {
     }
 
     /// Number of items.
-    fn pool_len(&self) -> usize {
+    fn item_count(&self) -> usize {
         usize::from(self.nchild) + usize::from(self.nruns)
     }
 
@@ -391,7 +392,7 @@ impl<V: Keyed> PrefixMap<V> {
     /// Copies node `idx`'s items out.
     fn load_items(&self, idx: usize) -> ([u32; 512], usize) {
         let node = &self.nodes[idx];
-        let n = node.pool_len();
+        let n = node.item_count();
         let mut out = [NONE; 512];
         out[..n].copy_from_slice(&self.items(node)[..n]);
         (out, n)
@@ -400,7 +401,7 @@ impl<V: Keyed> PrefixMap<V> {
     /// Stores node `idx`'s items: inline when they fit, else in a pool block.
     fn store_items(&mut self, idx: usize, items: &[u32]) {
         let node = &self.nodes[idx];
-        let (old_base, old_n) = (node.base, node.pool_len());
+        let (old_base, old_n) = (node.base, node.item_count());
         let n = items.len();
         if n <= INLINE {
             self.pool.release(old_base, old_n);
@@ -520,15 +521,13 @@ impl<V: Keyed> PrefixMap<V> {
             // Runs started at or before `b`: the last one holds the in-node best match.
             let runs = usize::from(node.runs_rank[w])
                 + (node.runs[w] & (!0u64 >> (63 - bit))).count_ones() as usize;
-            if runs != 0 {
-                let v = items
-                    .get(usize::from(node.nchild) + runs - 1)
-                    .copied()
-                    .unwrap_or(NONE);
-                if v != NONE {
-                    best = v;
-                }
-            }
+            // Branch-free on purpose: whether a node has in-node prefixes is data-dependent,
+            // and a mispredicted branch here stops the CPU from overlapping the next
+            // lookup's cache misses with this one's.
+            let at = (usize::from(node.nchild) + runs).wrapping_sub(1);
+            let v = items.get(at).copied().unwrap_or(NONE);
+            let v = if runs == 0 { NONE } else { v };
+            best = if v == NONE { best } else { v };
             let word = node.children[w];
             if word >> bit & 1 == 0 {
                 break;
@@ -886,7 +885,7 @@ impl<V: Keyed> PrefixMap<V> {
 
     fn free_node(&mut self, idx: usize) {
         let node = &self.nodes[idx];
-        let (base, n, block) = (node.base, node.pool_len(), node.block);
+        let (base, n, block) = (node.base, node.item_count(), node.block);
         self.pool.release(base, n);
         if block != NONE {
             self.free_block(block);
@@ -1070,7 +1069,7 @@ impl<V: Keyed> PrefixMap<V> {
         assert_eq!(node.runs_rank, ranks(&node.runs));
         assert_eq!(usize::from(node.nchild), count(&node.children));
         assert_eq!(usize::from(node.nruns), count(&node.runs));
-        assert_eq!(node.base == NONE, node.pool_len() <= INLINE);
+        assert_eq!(node.base == NONE, node.item_count() <= INLINE);
         if let Some(pd) = parent_depth {
             assert!(node.depth > pd, "child node not deeper than parent");
             if node.depth > pd + 1 {

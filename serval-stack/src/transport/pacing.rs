@@ -40,14 +40,12 @@ impl Pacer {
         srtt: Option<Duration>,
         gain: f64,
     ) -> Option<Timestamp> {
-        let srtt_us = srtt?.as_micros().max(1) as f64;
+        let srtt_us = micros(srtt?).max(1) as f64;
         // bytes per µs
         let rate = window as f64 * gain / srtt_us;
         let burst = (rate * BURST_INTERVAL.as_micros() as f64)
             .clamp((MIN_BURST * mss) as f64, (MAX_BURST * mss) as f64);
-        let elapsed = self
-            .last
-            .map_or(f64::INFINITY, |l| (now - l).as_micros() as f64);
+        let elapsed = self.last.map_or(f64::INFINITY, |l| micros(now - l) as f64);
         self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.last = Some(now);
         let bytes = bytes as f64;
@@ -63,6 +61,13 @@ impl Pacer {
     pub(crate) fn reset(&mut self) {
         *self = Self::default();
     }
+}
+
+/// Whole microseconds of `d` as a `u64` (what `as_micros` gives for any duration the
+/// stack measures: those come from `u64` µs timestamps), so the conversion to `f64` is one
+/// instruction rather than a `u128` library call on the per-segment path.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -134,6 +134,11 @@ impl RecvBuf {
 
     fn store(&mut self, start: u64, data: &[u8]) {
         let at = (start - self.read) as usize;
+        if at == self.buf.len() {
+            // Appending (the in-order case): copy once, no zero-fill first.
+            self.buf.extend(data);
+            return;
+        }
         let needed = at + data.len();
         if self.buf.len() < needed {
             self.buf.resize(needed, 0);

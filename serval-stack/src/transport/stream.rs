@@ -1264,6 +1264,11 @@ impl Stream {
 
     /// Runs RACK loss detection and the congestion response.
     fn detect_losses(&mut self, now: Timestamp) {
+        if self.scoreboard.is_empty() {
+            // Nothing in flight (a receive-only side, every ACK it gets): nothing to lose.
+            self.timers.stop(Timer::Reorder);
+            return;
+        }
         let in_recovery = self.recovery_point.is_some();
         let srtt = self.rtt.srtt_or_initial();
         let reo_wnd = self.rack.reo_wnd(
