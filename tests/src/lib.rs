@@ -6,3 +6,4 @@
 
 pub mod node;
 pub mod sim;
+pub mod util;

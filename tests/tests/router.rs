@@ -31,24 +31,11 @@ use serval_stack::wire::sal::{ControlFlags, Packet, Protocol, SalRepr};
 use serval_stack::wire::{FlowId, Nonce, ServiceId, ServicePrefix};
 use serval_tests::node::{SalNode, StreamApp};
 use serval_tests::sim::{Datagram, LinkProfile, Network, NodeId, Verdict};
+use serval_tests::util::{addr, ip, seeded_config as config};
 
 const SERVICE: u32 = 16385;
 const KEY: [u8; 32] = [0x42; 32];
 const KEY_ID: u32 = 1;
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn config(seed: u8) -> EndpointConfig {
-    let mut c = EndpointConfig::default();
-    c.rng_seed = [seed; 32];
-    c
-}
 
 fn service() -> ServiceId {
     ServiceId::from_u32(SERVICE)

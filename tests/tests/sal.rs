@@ -5,41 +5,22 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING.md)
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use serval_stack::sal::{CloseReason, EndpointConfig, Event, FlowHandle};
+use serval_stack::sal::{CloseReason, Event, FlowHandle};
 use serval_stack::service_table::Rule;
 use serval_stack::time::Timestamp;
 use serval_stack::wire::sal::{ControlFlags, ControlRepr, Packet, Protocol, SalRepr};
 use serval_stack::wire::{FlowId, Nonce, ServiceId, ServicePrefix};
 use serval_tests::node::SalNode;
 use serval_tests::sim::{Datagram, Network, Node, NodeId, Verdict};
+use serval_tests::util::{addr, flags_of, ip, seeded_config as config};
 
 const SERVICE: u32 = 16385;
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn config(seed: u8) -> EndpointConfig {
-    let mut c = EndpointConfig::default();
-    c.rng_seed = [seed; 32];
-    c
-}
-
 fn service() -> ServiceId {
     ServiceId::from_u32(SERVICE)
-}
-
-fn flags_of(d: &Datagram) -> ControlFlags {
-    SalRepr::parse_datagram(&d.payload)
-        .map(|p| p.repr.flags())
-        .unwrap_or(ControlFlags::NONE)
 }
 
 /// A client at 10.0.0.1 and a server at 192.0.2.10 listening on the service, one hop apart.

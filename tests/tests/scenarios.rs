@@ -28,6 +28,7 @@ use serval_stack::wire::sal::{ControlFlags, ControlRepr, Packet, Protocol, SalRe
 use serval_stack::wire::{FlowId, Nonce, ServiceId, ServicePrefix};
 use serval_tests::node::{SalNode, StreamApp};
 use serval_tests::sim::{Datagram, LinkProfile, Network, Node, NodeId, Verdict};
+use serval_tests::util::{addr, flags_of};
 
 // ------------------------------------------------------------------------------ helpers
 
@@ -36,10 +37,6 @@ const CLIENT_NEW: &str = "10.0.1.7:54325";
 const SERVER: &str = "192.0.2.10:54325";
 const SERVER_NEW: &str = "192.0.2.99:54325";
 const ATTACKER: &str = "203.0.113.66:1234";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 /// The IP of a socket address written as text.
 fn ip(s: &str) -> IpAddr {
@@ -208,13 +205,6 @@ fn run_until_received(p: &mut Pair, up: u64, down: u64, secs: u64) {
         n.node(server).apps[hs].received >= up && n.node(client).apps[&h].received >= down
     });
     assert!(reached, "never received {up} bytes up and {down} down");
-}
-
-/// The control flags of a datagram (none for data or garbage).
-fn flags_of(d: &Datagram) -> ControlFlags {
-    SalRepr::parse_datagram(&d.payload)
-        .map(|p| p.repr.flags())
-        .unwrap_or(ControlFlags::NONE)
 }
 
 // ---------------------------------------------------------------- 1. bulk transfers

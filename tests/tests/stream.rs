@@ -4,29 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING.md)
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use serval_stack::sal::{EndpointConfig, Event, FlowHandle};
+use serval_stack::sal::{Event, FlowHandle};
 use serval_stack::time::Timestamp;
 use serval_stack::wire::sal::Protocol;
 use serval_stack::wire::{ServiceId, ServicePrefix};
 use serval_tests::node::{SalNode, StreamApp};
 use serval_tests::sim::{LinkProfile, Network, NodeId};
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn config(seed: u8) -> EndpointConfig {
-    let mut c = EndpointConfig::default();
-    c.rng_seed = [seed; 32];
-    c
-}
+use serval_tests::util::{addr, ip, seeded_config as config};
 
 struct Setup {
     net: Network<SalNode>,

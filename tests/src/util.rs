@@ -1,0 +1,30 @@
+//! Small helpers every simulator test uses.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serval_stack::sal::EndpointConfig;
+use serval_stack::wire::sal::{ControlFlags, SalRepr};
+
+use crate::sim::Datagram;
+
+/// A socket address from a literal; panics on a typo (tests only).
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a socket address literal")
+}
+
+/// An IP address from a literal; panics on a typo (tests only).
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("an IP address literal")
+}
+
+/// The default endpoint configuration with its RNG seeded from `seed`.
+pub fn seeded_config(seed: u8) -> EndpointConfig {
+    let mut c = EndpointConfig::default();
+    c.rng_seed = [seed; 32];
+    c
+}
+
+/// The SAL control flags of a simulated datagram (none if it does not parse).
+pub fn flags_of(d: &Datagram) -> ControlFlags {
+    SalRepr::parse_datagram(&d.payload).map_or(ControlFlags::NONE, |p| p.repr.flags())
+}
