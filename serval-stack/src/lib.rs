@@ -16,12 +16,15 @@
 //! | [`time`] | [`Timestamp`](time::Timestamp): microseconds on the caller's clock | nothing |
 //! | [`service_table`] | longest-prefix match + FORWARD/DEMUX/DELAY/DROP rules | `wire` ids |
 //! | [`transport`] | reliable byte stream over a SAL flow: buffers, RTT, loss, congestion | `wire`, `time` |
+//! | [`sal`] | endpoint and flows: handshake, authenticated control, migration, forwarding | all of the above |
+//! | [`control`] | registration leases, registrant, DELAY queue | `wire`, `service_table`, `time` |
+//! | `driver` (feature `rt-tokio`, default) | tokio UDP socket, endpoint task, async streams | everything; nothing depends on it |
 //!
 //! The protocol core is **sans-IO**: it takes bytes and `now` and returns datagrams, deadlines
 //! and events. It never reads a clock, never draws OS randomness and never touches a socket;
 //! time and randomness are arguments. `clippy.toml` denies `Instant::now`, `SystemTime::now`
-//! and the thread RNG so the rule is checked, not hoped for. The tokio driver (a later layer)
-//! is the only place that does I/O, and the crate builds without it
+//! and the thread RNG so the rule is checked, not hoped for. The tokio driver (`driver`, feature
+//! `rt-tokio`) is the only place that does I/O, and the crate builds without it
 //! (`cargo build -p serval-stack --no-default-features`).
 //!
 //! # Untrusted input
@@ -33,6 +36,8 @@
 #![cfg_attr(not(test), warn(missing_docs))]
 
 pub mod control;
+#[cfg(feature = "rt-tokio")]
+pub mod driver;
 pub mod sal;
 pub mod service_table;
 pub mod time;

@@ -1,0 +1,387 @@
+//! The endpoint task's state: the core [`Endpoint`](crate::sal::Endpoint), every
+//! [`Flow`], the listeners' accept queues and the wakers of the async handles. Everything
+//! here is synchronous; [`task`](super::task) does the awaiting and the socket calls.
+
+use core::net::SocketAddr;
+use core::task::Waker;
+use core::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use super::DriverStats;
+use super::runtime::Clock;
+use crate::sal::{
+    CloseReason, DatagramEvent, Endpoint, EndpointEvent, Event, Flow, FlowHandle, Transmit,
+};
+use crate::service_table::ListenerId;
+use crate::time::Timestamp;
+
+/// Most datagrams one flow sends per pump before the others get a turn (fairness, and a
+/// bound on how long the lock is held).
+const FLOW_BURST: usize = 64;
+/// Most datagrams looped back to the endpoint itself in one pump (a guard against a local
+/// forwarding loop).
+const LOOPBACK_BUDGET: usize = 1024;
+/// How long the task keeps running after the last public handle is gone, so closing flows
+/// can send and retransmit their FINs.
+pub(super) const ORPHAN_LINGER: Duration = Duration::from_secs(5);
+
+/// What the task and every handle share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    state: Mutex<State>,
+    /// Wakes the task: a handle changed a flow (data to send, window to open) or a handle
+    /// went away.
+    pub(super) notify: Notify,
+}
+
+impl Shared {
+    pub(super) fn new(state: State) -> Self {
+        Self {
+            state: Mutex::new(state),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The state. A panic while it was held cannot leave it half-updated in a way that
+    /// matters more than stopping would, so poisoning is ignored.
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Datagrams waiting for the socket: one byte arena and (destination, range) entries.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    pub(super) bytes: Vec<u8>,
+    pub(super) items: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Outbox {
+    fn push(&mut self, to: SocketAddr, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.items.push((to, start, self.bytes.len()));
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+}
+
+/// One flow and the handle side of it.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) flow: Flow,
+    /// The reader waiting for data or the end of the stream.
+    pub(super) read: Option<Waker>,
+    /// The writer waiting for buffer space, or `connect` waiting for the handshake.
+    pub(super) write: Option<Waker>,
+    /// The handshake completed.
+    pub(super) connected: bool,
+    /// The flow ended, and why.
+    pub(super) closed: Option<CloseReason>,
+    /// The core forgot the flow ([`EndpointEvent::Drained`]).
+    drained: bool,
+    /// No stream handle owns it any more: received data is discarded, and the slot goes
+    /// once the flow has drained.
+    pub(super) detached: bool,
+}
+
+impl Slot {
+    fn new(flow: Flow, connected: bool) -> Self {
+        Self {
+            flow,
+            read: None,
+            write: None,
+            connected,
+            closed: None,
+            drained: false,
+            detached: false,
+        }
+    }
+
+    fn wake_all(&mut self) {
+        if let Some(w) = self.read.take() {
+            w.wake();
+        }
+        if let Some(w) = self.write.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A listener's accept queue.
+#[derive(Debug, Default)]
+pub(super) struct Backlog {
+    pub(super) queue: VecDeque<FlowHandle>,
+    pub(super) waker: Option<Waker>,
+}
+
+/// Everything the endpoint task owns.
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) endpoint: Endpoint,
+    pub(super) clock: Clock,
+    pub(super) flows: HashMap<FlowHandle, Slot>,
+    pub(super) listeners: HashMap<ListenerId, Backlog>,
+    /// Flows the application or the network touched since their last pump.
+    pub(super) dirty: Vec<FlowHandle>,
+    /// Datagrams for the socket.
+    pub(super) out: Outbox,
+    /// Datagrams the endpoint addressed to itself, handled without a syscall.
+    loopback: VecDeque<Vec<u8>>,
+    scratch: Vec<u8>,
+    sink: Vec<u8>,
+    pub(super) stats: DriverStats,
+    /// When the last public handle went away.
+    pub(super) orphaned: Option<Timestamp>,
+    /// The socket failed and the task stopped: every handle call fails with this.
+    pub(super) failed: Option<std::io::ErrorKind>,
+    /// Most flows waiting in one listener's accept queue; more are refused.
+    pub(super) backlog: usize,
+}
+
+impl State {
+    pub(super) fn new(endpoint: Endpoint, clock: Clock, backlog: usize) -> Self {
+        Self {
+            endpoint,
+            clock,
+            flows: HashMap::new(),
+            listeners: HashMap::new(),
+            dirty: Vec::new(),
+            out: Outbox::default(),
+            loopback: VecDeque::new(),
+            scratch: Vec::new(),
+            sink: vec![0; 16 * 1024],
+            stats: DriverStats::default(),
+            orphaned: None,
+            failed: None,
+            backlog,
+        }
+    }
+
+    /// Queues a datagram the core wrote into `scratch`, to the socket or back to us.
+    fn emit(
+        out: &mut Outbox,
+        loopback: &mut VecDeque<Vec<u8>>,
+        own: SocketAddr,
+        t: Transmit,
+        scratch: &[u8],
+    ) {
+        let data = scratch.get(..t.size).unwrap_or_default();
+        if t.destination == own {
+            loopback.push_back(data.to_vec());
+        } else {
+            out.push(t.destination, data);
+        }
+    }
+
+    /// One received datagram through the endpoint, and what it asks for.
+    pub(super) fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
+        let own = self.endpoint.local_addr();
+        let event = self.endpoint.handle(now, from, data, &mut self.scratch);
+        match event {
+            Some(DatagramEvent::Flow(h, input)) => {
+                if let Some(slot) = self.flows.get_mut(&h) {
+                    slot.flow.handle(now, from, input, data);
+                    self.dirty.push(h);
+                }
+            }
+            Some(DatagramEvent::NewFlow(incoming)) => {
+                let room = self
+                    .listeners
+                    .get(&incoming.listener())
+                    .is_some_and(|b| b.queue.len() < self.backlog);
+                if room {
+                    let listener = incoming.listener();
+                    let (h, flow) = self.endpoint.accept(incoming);
+                    self.flows.insert(h, Slot::new(flow, true));
+                    self.dirty.push(h);
+                    if let Some(b) = self.listeners.get_mut(&listener) {
+                        b.queue.push_back(h);
+                        if let Some(w) = b.waker.take() {
+                            w.wake();
+                        }
+                    }
+                } else {
+                    self.stats.refused_backlog += 1;
+                    if let Some(t) = self.endpoint.refuse(now, incoming, &mut self.scratch) {
+                        Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
+                    }
+                }
+            }
+            Some(DatagramEvent::Forward(t) | DatagramEvent::Response(t)) => {
+                Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
+            }
+            Some(DatagramEvent::Delayed { .. }) => self.stats.delayed_dropped += 1,
+            Some(DatagramEvent::Unconnected { .. }) => self.stats.unconnected_dropped += 1,
+            None => {}
+        }
+    }
+
+    /// Runs the endpoint's and every due flow's timers.
+    pub(super) fn handle_timeouts(&mut self, now: Timestamp) {
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        for (h, slot) in &mut self.flows {
+            if slot.flow.poll_timeout().is_some_and(|t| t <= now) {
+                slot.flow.handle_timeout(now);
+                self.dirty.push(*h);
+            }
+        }
+    }
+
+    /// The earliest deadline of the endpoint, a flow, or the orphan linger.
+    pub(super) fn next_deadline(&self) -> Option<Timestamp> {
+        let flows = self
+            .flows
+            .values()
+            .filter_map(|s| s.flow.poll_timeout())
+            .min();
+        let linger = self.orphaned.map(|t| t + ORPHAN_LINGER);
+        [self.endpoint.poll_timeout(), flows, linger]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether the task should stop: every handle is gone and the flows have drained (or
+    /// the linger ran out).
+    pub(super) fn finished(&self, now: Timestamp) -> bool {
+        self.orphaned
+            .is_some_and(|t| self.flows.is_empty() || now >= t + ORPHAN_LINGER)
+    }
+
+    /// Moves everything the endpoint and the touched flows want to send into the outbox,
+    /// wakes the handles their events concern, and handles looped-back datagrams.
+    pub(super) fn pump(&mut self, now: Timestamp) {
+        let own = self.endpoint.local_addr();
+        let mut budget = LOOPBACK_BUDGET;
+        loop {
+            while let Some(t) = self.endpoint.poll_transmit(now, &mut self.scratch) {
+                Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
+            }
+            let mut dirty = core::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            for h in dirty {
+                self.pump_flow(now, h, own);
+            }
+            if self.loopback.is_empty() {
+                break;
+            }
+            while let Some(d) = self.loopback.pop_front() {
+                if budget == 0 {
+                    self.stats.loopback_dropped += 1 + self.loopback.len() as u64;
+                    self.loopback.clear();
+                    return;
+                }
+                budget -= 1;
+                self.stats.loopback += 1;
+                self.handle_datagram(now, own, &d);
+            }
+        }
+    }
+
+    fn pump_flow(&mut self, now: Timestamp, h: FlowHandle, own: SocketAddr) {
+        let Some(slot) = self.flows.get_mut(&h) else {
+            return;
+        };
+        if slot.detached {
+            // Nobody will read: consume it so the window stays open and the peer can finish.
+            while let Ok(n) = slot.flow.read(&mut self.sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let mut sent = 0;
+        while sent < FLOW_BURST {
+            match slot.flow.poll_transmit(now, &mut self.scratch) {
+                Some(t) => Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch),
+                None => break,
+            }
+            sent += 1;
+        }
+        if sent == FLOW_BURST {
+            // More may be ready: the task comes back before sleeping.
+            self.dirty.push(h);
+        }
+        while let Some(e) = slot.flow.poll() {
+            match e {
+                Event::Connected => {
+                    slot.connected = true;
+                    if let Some(w) = slot.write.take() {
+                        w.wake();
+                    }
+                }
+                Event::Readable | Event::PeerFinished => {
+                    if let Some(w) = slot.read.take() {
+                        w.wake();
+                    }
+                }
+                Event::Writable => {
+                    if let Some(w) = slot.write.take() {
+                        w.wake();
+                    }
+                }
+                Event::Closed(reason) => {
+                    slot.closed = Some(reason);
+                    slot.wake_all();
+                }
+                _ => {}
+            }
+        }
+        while let Some(e) = slot.flow.poll_endpoint_event() {
+            slot.drained |= e == EndpointEvent::Drained;
+            self.endpoint.handle_event(h, e);
+        }
+        if slot.drained && slot.closed.is_none() {
+            slot.closed = Some(CloseReason::Finished);
+            slot.wake_all();
+        }
+        if slot.drained && slot.detached {
+            self.flows.remove(&h);
+        }
+    }
+
+    /// A handle gave up `h`: finish our side cleanly, discard what still arrives, and
+    /// forget the flow once it drained.
+    pub(super) fn detach(&mut self, h: FlowHandle) {
+        let now = self.clock.now();
+        if let Some(slot) = self.flows.get_mut(&h) {
+            slot.detached = true;
+            slot.read = None;
+            slot.write = None;
+            slot.flow.close(now);
+            // The next pump sends what the close owes and forgets a drained flow.
+            self.dirty.push(h);
+        }
+    }
+
+    /// The task stopped: every waiting handle learns it.
+    pub(super) fn fail(&mut self, kind: std::io::ErrorKind) {
+        self.failed = Some(kind);
+        for slot in self.flows.values_mut() {
+            slot.wake_all();
+        }
+        for b in self.listeners.values_mut() {
+            if let Some(w) = b.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl State {
+    /// Adds a flow the application opened; the next pump sends its SYN.
+    pub(super) fn add_flow(&mut self, h: FlowHandle, flow: Flow) {
+        self.flows.insert(h, Slot::new(flow, false));
+        self.dirty.push(h);
+    }
+}
