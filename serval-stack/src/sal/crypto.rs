@@ -251,13 +251,6 @@ mod tests {
         let t = transcript(&c, &s);
         assert!(c.agree(&[0; 32], &t).is_none());
     }
-}
-
-/// The key-derivation vector of `docs/PROTOCOL.md` §2.12, checked against an independent
-/// implementation (Python `cryptography` + `hmac`).
-#[cfg(test)]
-mod vector {
-    use super::*;
 
     fn hex(b: &[u8]) -> String {
         let mut s = String::new();
@@ -265,19 +258,13 @@ mod vector {
         s
     }
 
+    /// The key-derivation vector of `docs/PROTOCOL.md` §2.12, checked against an
+    /// independent implementation (Python `cryptography` + `hmac`).
     #[test]
     fn key_derivation_vector() {
         let c = KeyPair::from_random([7; 32]);
         let s = KeyPair::from_random([9; 32]);
-        let t = Transcript {
-            client_flow: FlowId::new(0x1111_1111).unwrap(),
-            server_flow: FlowId::new(0x2222_2222).unwrap(),
-            client_nonce: Nonce([1; 8]),
-            server_nonce: Nonce([2; 8]),
-            service: ServiceId::from_u32(16385),
-            client_share: c.public(),
-            server_share: s.public(),
-        };
+        let t = transcript(&c, &s);
         let shared = c.shared_secret(&s.public()).unwrap();
         let keys = FlowKeys::derive(&shared, &t);
         assert_eq!(
