@@ -32,3 +32,24 @@ pub(super) fn bind_udp(
     let socket = tokio::net::UdpSocket::from_std(socket.into())?;
     Ok((socket, rcv, snd))
 }
+
+/// Datagrams waiting for the socket: one byte arena and (destination, range) entries.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    pub(super) bytes: Vec<u8>,
+    /// (source address the core asked for, destination, byte range).
+    pub(super) items: Vec<(Option<SocketAddr>, SocketAddr, usize, usize)>,
+}
+
+impl Outbox {
+    pub(super) fn push(&mut self, src: Option<SocketAddr>, to: SocketAddr, data: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        self.items.push((src, to, start, self.bytes.len()));
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+    }
+}

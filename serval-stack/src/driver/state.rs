@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use super::DriverStats;
+use super::socket::Outbox;
 use super::runtime::Clock;
 use crate::sal::{
     CloseReason, DatagramEvent, Endpoint, EndpointEvent, Event, Flow, FlowHandle, Transmit,
@@ -49,26 +50,6 @@ impl Shared {
     /// matters more than stopping would, so poisoning is ignored.
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Datagrams waiting for the socket: one byte arena and (destination, range) entries.
-#[derive(Debug, Default)]
-pub(super) struct Outbox {
-    pub(super) bytes: Vec<u8>,
-    pub(super) items: Vec<(SocketAddr, usize, usize)>,
-}
-
-impl Outbox {
-    fn push(&mut self, to: SocketAddr, data: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(data);
-        self.items.push((to, start, self.bytes.len()));
-    }
-
-    pub(super) fn clear(&mut self) {
-        self.bytes.clear();
-        self.items.clear();
     }
 }
 
@@ -176,7 +157,7 @@ impl State {
         if t.destination == own {
             loopback.push_back(data.to_vec());
         } else {
-            out.push(t.destination, data);
+            out.push(t.src, t.destination, data);
         }
     }
 

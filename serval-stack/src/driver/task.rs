@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
-use super::state::{Outbox, Shared};
+use super::socket::Outbox;
+use super::state::Shared;
 
 /// Datagrams taken from the socket per turn without waiting.
 const RECV_BATCH: usize = 64;
@@ -54,7 +55,7 @@ async fn drive(
             let deadline = st.next_deadline().map(|t| st.clock.instant(t));
             (deadline, !st.dirty.is_empty())
         };
-        for &(to, start, end) in &out.items {
+        for &(_src, to, start, end) in &out.items {
             let data = out.bytes.get(start..end).unwrap_or_default();
             if socket.send_to(data, to).await.is_err() {
                 // Unreachable peers, full queues: the transport's loss recovery covers it.
