@@ -1,17 +1,16 @@
 //! [`SalNode`]: a host running the real SAL core (an [`Endpoint`] and its flows) on the
 //! simulated network, with the driver's job done synchronously.
 //!
-//! A node can take optional roles on top of plain flows:
+//! A node can take optional roles on top of plain flows, through the same
+//! [`ControlPlane`] the tokio driver uses:
 //!
-//! * **router** ([`SalNode::make_router`]): a [`Registry`] fed by unconnected SAL datagrams
-//!   sent to the router's control ServiceID, applying leases to the endpoint's service
-//!   table and answering each authentic registration to the sender's ServiceID;
+//! * **router** ([`SalNode::make_router`]): registrations in, leases into the endpoint's
+//!   service table, replies to the sender's ServiceID;
 //! * **DELAY queue** ([`SalNode::enable_delay_queue`], part of the router role): SYNs the
-//!   endpoint reports as [`DatagramEvent::Delayed`] are parked in a [`DelayQueue`] and
-//!   re-injected through [`Endpoint::handle`] when released ([`SalNode::release_delayed`]);
-//! * **registrant** ([`SalNode::make_registrant`]): a [`Registrant`] announcing the node's
-//!   listener prefixes ([`SalNode::listen_registered`]) to routers, its messages sent as
-//!   unconnected SAL datagrams from the host control ServiceID.
+//!   endpoint reports as [`DatagramEvent::Delayed`] wait until released
+//!   ([`SalNode::release_delayed`]) and are then resolved again;
+//! * **registrant** ([`SalNode::make_registrant`]): the node's listener prefixes
+//!   ([`SalNode::listen_registered`]) announced to routers.
 //!
 //! Datagrams a node addresses to itself (a connect to a local listener, a SYN held by a
 //! DELAY rule) are looped back inside the node, as a kernel would, never through the
@@ -23,8 +22,9 @@ use std::net::SocketAddr;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serval_stack::control::{
-    DelayConfig, DelayEvent, DelayQueue, DelayedPacket, LeaseEvent, Registrant, RegistrantConfig,
-    RegistrantEvent, Registry, RegistryConfig, RegistryError,
+    ControlEvent, ControlPlane, DelayConfig, DelayDropReason, DelayEvent, DelayQueue,
+    DelayedPacket, LeaseEvent, RegistrantConfig, RegistrantEvent, RegistryConfig, RegistryError,
+    RoleError,
 };
 use serval_stack::sal::{
     ConnectError, ControlServices, DatagramEvent, Endpoint, EndpointConfig, Event, Flow,
@@ -33,7 +33,7 @@ use serval_stack::sal::{
 use serval_stack::service_table::ListenerId;
 use serval_stack::time::Timestamp;
 use serval_stack::transport::ReadError;
-use serval_stack::wire::control_msg::{REGISTER_MSG_LEN, Verdict as DelayVerdict};
+use serval_stack::wire::control_msg::Verdict as DelayVerdict;
 use serval_stack::wire::sal::Protocol;
 use serval_stack::wire::{ServiceId, ServicePrefix};
 use sha2::{Digest, Sha256};
@@ -61,58 +61,23 @@ pub struct SalNode {
     pub apps: BTreeMap<FlowHandle, StreamApp>,
     /// The app every accepted flow gets (its send side); `None` = a sink only.
     pub accept_app: Option<(u64, u64, bool)>,
-    /// Router role: registrations in, leases into the service table.
-    pub router: Option<RouterRole>,
-    /// Registrant role: this node's listener prefixes announced to routers.
-    pub registrant: Option<RegistrantRole>,
-    /// Where SYNs that hit DELAY wait (router role, or any node given one); without it a
-    /// delayed SYN is dropped and counted in `delayed_unqueued`.
-    pub delay: Option<DelayQueue>,
+    /// The control roles (router, registrant, DELAY queue).
+    pub control: ControlPlane,
+    /// Every lease event (router role), in order.
+    pub lease_events: Vec<LeaseEvent>,
+    /// Every refused registration datagram (router role), in order.
+    pub refusals: Vec<RegistryError>,
+    /// Every registrant event, in order.
+    pub registrant_events: Vec<RegistrantEvent>,
     /// Every event of the delay queue, in order.
     pub delay_events: Vec<DelayEvent>,
-    /// Delayed SYNs dropped because the node has no delay queue.
-    pub delayed_unqueued: u64,
     /// Delayed SYNs the queue refused (full, loop guard, too old), in order.
-    pub delay_refusals: Vec<serval_stack::control::DelayDropReason>,
+    pub delay_refusals: Vec<DelayDropReason>,
     addr: SocketAddr,
     out: VecDeque<Datagram>,
     loopback: VecDeque<Datagram>,
     alarm: Option<Timestamp>,
     buf: Vec<u8>,
-}
-
-/// The router role of a [`SalNode`].
-#[derive(Debug)]
-pub struct RouterRole {
-    /// Verifies registrations and keeps the leases.
-    pub registry: Registry,
-    /// The control ServiceIDs (the router listens on `services.router`).
-    pub services: ControlServices,
-    /// The DEMUX listener of the control ServiceID.
-    pub listener: ListenerId,
-    /// Release every SYN waiting for a prefix as soon as a new lease for it is added (a
-    /// scale-from-zero controller in one line).
-    pub release_on_register: bool,
-    /// Every lease event, in order.
-    pub lease_events: Vec<LeaseEvent>,
-    /// Every refused registration datagram, in order.
-    pub refusals: Vec<RegistryError>,
-}
-
-/// The registrant role of a [`SalNode`].
-#[derive(Debug)]
-pub struct RegistrantRole {
-    /// Sends REGISTER / refresh / UNREGISTER.
-    pub registrant: Registrant,
-    /// The control ServiceIDs (the node listens on `services.host` for replies).
-    pub services: ControlServices,
-    /// The DEMUX listener of the host control ServiceID.
-    pub listener: ListenerId,
-    /// While `false` nothing is sent and no timer runs (the control daemon died; the
-    /// listeners and flows live on).
-    pub running: bool,
-    /// Every registrant event, in order.
-    pub events: Vec<RegistrantEvent>,
 }
 
 impl SalNode {
@@ -127,11 +92,11 @@ impl SalNode {
             unconnected: Vec::new(),
             apps: BTreeMap::new(),
             accept_app: None,
-            router: None,
-            registrant: None,
-            delay: None,
+            control: ControlPlane::new(),
+            lease_events: Vec::new(),
+            refusals: Vec::new(),
+            registrant_events: Vec::new(),
             delay_events: Vec::new(),
-            delayed_unqueued: 0,
             delay_refusals: Vec::new(),
             addr,
             out: VecDeque::new(),
@@ -155,25 +120,14 @@ impl SalNode {
         registry: RegistryConfig,
         services: ControlServices,
         delay: DelayConfig,
-    ) -> Result<ListenerId, ListenError> {
-        let listener = self
-            .endpoint
-            .listen(ServicePrefix::exact(services.router), Protocol::UDP)?;
-        self.router = Some(RouterRole {
-            registry: Registry::new(registry),
-            services,
-            listener,
-            release_on_register: false,
-            lease_events: Vec::new(),
-            refusals: Vec::new(),
-        });
-        self.enable_delay_queue(delay);
-        Ok(listener)
+    ) -> Result<ListenerId, RoleError> {
+        self.control
+            .enable_router(&mut self.endpoint, registry, services, delay)
     }
 
     /// Gives the node a DELAY queue (replacing any previous one and what it held).
     pub fn enable_delay_queue(&mut self, config: DelayConfig) {
-        self.delay = Some(DelayQueue::new(config));
+        self.control.enable_delay(config);
     }
 
     /// Makes this node a registrant of `routers`: it listens (datagrams) on `services.host`
@@ -183,24 +137,9 @@ impl SalNode {
         config: RegistrantConfig,
         services: ControlServices,
         routers: &[SocketAddr],
-    ) -> Result<ListenerId, ListenError> {
-        let listener = self
-            .endpoint
-            .listen(ServicePrefix::exact(services.host), Protocol::UDP)?;
-        let mut registrant = Registrant::new(config);
-        for router in routers {
-            registrant
-                .add_router(*router)
-                .expect("within the configured number of routers");
-        }
-        self.registrant = Some(RegistrantRole {
-            registrant,
-            services,
-            listener,
-            running: true,
-            events: Vec::new(),
-        });
-        Ok(listener)
+    ) -> Result<ListenerId, RoleError> {
+        self.control
+            .enable_registrant(&mut self.endpoint, config, services, routers)
     }
 
     /// Listens on `prefix` and, with the registrant role, registers it with every router.
@@ -210,42 +149,33 @@ impl SalNode {
         protocol: Protocol,
     ) -> Result<ListenerId, ListenError> {
         let id = self.endpoint.listen(prefix, protocol)?;
-        if let Some(r) = self.registrant.as_mut() {
-            r.registrant
-                .add_prefix(prefix)
-                .expect("within the configured number of prefixes");
-        }
+        self.control
+            .add_prefix(prefix)
+            .expect("within the configured number of prefixes");
         Ok(id)
     }
 
     /// Withdraws `prefix` from every router (UNREGISTER); the listener stays, so flows in
     /// progress and a direct connect still work. `false` if it was not registered.
     pub fn unregister(&mut self, prefix: &ServicePrefix) -> bool {
-        self.registrant
-            .as_mut()
-            .is_some_and(|r| r.registrant.remove_prefix(prefix))
+        self.control.remove_prefix(prefix)
     }
 
     /// The registrant stops for good without a word (its daemon crashed): no refresh, no
     /// UNREGISTER; the routers' leases run out.
     pub fn stop_registrant(&mut self) {
-        if let Some(r) = self.registrant.as_mut() {
-            r.running = false;
-        }
+        self.control.stop_registrant();
     }
 
     /// Whether the registrant role has `prefix` acknowledged by `router`.
     pub fn is_registered(&self, router: SocketAddr, prefix: &ServicePrefix) -> bool {
-        self.registrant
-            .as_ref()
-            .is_some_and(|r| r.registrant.is_registered(router, prefix))
+        self.control.is_registered(router, prefix)
     }
 
     /// Releases every SYN waiting for a ServiceID under `prefix`: each is resolved again
     /// at once (and parked again if it still meets DELAY). Returns how many.
     pub fn release_delayed(&mut self, now: Timestamp, prefix: &ServicePrefix) -> usize {
-        let n = self.verdict(prefix, DelayVerdict::Release);
-        self.process_released(now);
+        let n = self.control.verdict(prefix, DelayVerdict::Release);
         self.pump(now);
         self.drain_loopback(now);
         n
@@ -254,21 +184,14 @@ impl SalNode {
     /// Drops every SYN waiting for a ServiceID under `prefix` (DROP verdict). Returns how
     /// many.
     pub fn drop_delayed(&mut self, prefix: &ServicePrefix) -> usize {
-        self.verdict(prefix, DelayVerdict::Drop)
-    }
-
-    fn verdict(&mut self, prefix: &ServicePrefix, verdict: DelayVerdict) -> usize {
-        let n = self
-            .delay
-            .as_mut()
-            .map_or(0, |q| q.handle_service_verdict(prefix, verdict));
-        self.collect_delay_events();
+        let n = self.control.verdict(prefix, DelayVerdict::Drop);
+        self.collect_control_events();
         n
     }
 
     /// SYNs parked now.
     pub fn delayed_len(&self) -> usize {
-        self.delay.as_ref().map_or(0, DelayQueue::len)
+        self.control.delay().map_or(0, DelayQueue::len)
     }
 
     /// Opens a flow to `service` resolved through this node's table and adds it.
@@ -357,7 +280,8 @@ impl SalNode {
     fn receive(&mut self, now: Timestamp, d: Datagram) {
         let event = self.endpoint.handle(now, d.src, &d.payload, &mut self.buf);
         if let Some(service) = self.dispatch(now, d.src, &d.payload, event) {
-            self.park(now, DelayedPacket::new(now, service, d.src, d.payload));
+            self.control
+                .park(now, DelayedPacket::new(now, service, d.src, d.payload));
         }
     }
 
@@ -392,71 +316,32 @@ impl SalNode {
                 payload_offset,
             }) => {
                 let body = payload.get(payload_offset..).unwrap_or_default();
-                self.control(now, src, listener, source_service, body);
+                let ours = self.control.handle_unconnected(
+                    now,
+                    &mut self.endpoint,
+                    src,
+                    listener,
+                    source_service,
+                    body,
+                );
+                if !ours {
+                    self.unconnected.push((src, body.to_vec()));
+                }
             }
             None => {}
         }
         None
     }
 
-    /// An unconnected datagram: a registration for the router role, a reply for the
-    /// registrant role, otherwise kept in `unconnected`.
-    fn control(
-        &mut self,
-        now: Timestamp,
-        src: SocketAddr,
-        listener: ListenerId,
-        source_service: Option<ServiceId>,
-        body: &[u8],
-    ) {
-        if let Some(r) = self.router.as_mut().filter(|r| r.listener == listener) {
-            if let Err(e) = r.registry.handle(now, src, body, self.endpoint.table_mut()) {
-                r.refusals.push(e);
-            }
-            let (router_service, host_service) = (r.services.router, r.services.host);
-            let mut reply = [0u8; REGISTER_MSG_LEN];
-            let mut sends = Vec::new();
-            while let Some((to, n)) = r.registry.poll_transmit(&mut reply) {
-                sends.push((to, reply[..n].to_vec()));
-            }
-            for (to, bytes) in sends {
-                let dst = source_service.unwrap_or(host_service);
-                if let Ok(t) =
-                    self.endpoint
-                        .send_unconnected(dst, router_service, to, &bytes, &mut self.buf)
-                {
-                    self.push(t);
-                }
-            }
-            self.collect_lease_events(now);
-            return;
+    /// The control plane's datagrams, and the SYNs it released resolved again.
+    fn pump_control(&mut self, now: Timestamp) {
+        while let Some(t) = self
+            .control
+            .poll_transmit(now, &mut self.endpoint, &mut self.buf)
+        {
+            self.push(t);
         }
-        if let Some(r) = self.registrant.as_mut().filter(|r| r.listener == listener) {
-            if r.running {
-                // Refusals are counted by the registrant.
-                let _ = r.registrant.handle(now, src, body);
-            }
-            return;
-        }
-        self.unconnected.push((src, body.to_vec()));
-    }
-
-    fn park(&mut self, now: Timestamp, packet: DelayedPacket<Vec<u8>>) {
-        match self.delay.as_mut() {
-            Some(q) => {
-                if let Err(refused) = q.handle_delayed(now, packet) {
-                    self.delay_refusals.push(refused.reason);
-                }
-            }
-            None => self.delayed_unqueued += 1,
-        }
-        self.collect_delay_events();
-    }
-
-    /// Re-injects every released SYN through the endpoint.
-    fn process_released(&mut self, now: Timestamp) {
-        while let Some(released) = self.delay.as_mut().and_then(DelayQueue::poll_released) {
-            let packet = released.packet;
+        while let Some(packet) = self.control.poll_released() {
             let event = self
                 .endpoint
                 .handle(now, packet.from, &packet.bytes, &mut self.buf);
@@ -465,60 +350,22 @@ impl SalNode {
                 .is_some()
             {
                 // DELAY again: park the released packet itself, so the loop guard counts.
-                self.park(now, packet);
+                self.control.park(now, packet);
             }
         }
+        self.collect_control_events();
     }
 
-    fn collect_delay_events(&mut self) {
-        if let Some(q) = self.delay.as_mut() {
-            while let Some(e) = q.poll_event() {
-                self.delay_events.push(e);
-            }
-        }
-    }
-
-    fn collect_lease_events(&mut self, now: Timestamp) {
-        let Some(r) = self.router.as_mut() else {
-            return;
-        };
-        let mut release = Vec::new();
-        while let Some(e) = r.registry.poll_event() {
-            if let (true, LeaseEvent::Added(info)) = (r.release_on_register, e) {
-                release.push(info.prefix);
-            }
-            r.lease_events.push(e);
-        }
-        for prefix in release {
-            self.verdict(&prefix, DelayVerdict::Release);
-            self.process_released(now);
-        }
-    }
-
-    /// The registrant's messages, as unconnected datagrams to each router's control
-    /// ServiceID.
-    fn pump_registrant(&mut self, now: Timestamp) {
-        let Some(r) = self.registrant.as_mut().filter(|r| r.running) else {
-            return;
-        };
-        let mut msg = [0u8; REGISTER_MSG_LEN];
-        let mut sends = Vec::new();
-        while let Some((router, n)) = r.registrant.poll_transmit(now, &mut msg) {
-            sends.push((router, msg[..n].to_vec()));
-        }
-        while let Some(e) = r.registrant.poll_event() {
-            r.events.push(e);
-        }
-        let services = r.services;
-        for (router, bytes) in sends {
-            if let Ok(t) = self.endpoint.send_unconnected(
-                services.router,
-                services.host,
-                router,
-                &bytes,
-                &mut self.buf,
-            ) {
-                self.push(t);
+    /// Sorts the control plane's events into the node's logs.
+    fn collect_control_events(&mut self) {
+        while let Some(e) = self.control.poll_event() {
+            match e {
+                ControlEvent::Lease(e) => self.lease_events.push(e),
+                ControlEvent::Refused(e) => self.refusals.push(e),
+                ControlEvent::Registrant(e) => self.registrant_events.push(e),
+                ControlEvent::Delay(e) => self.delay_events.push(e),
+                ControlEvent::DelayRefused(r) => self.delay_refusals.push(r),
+                _ => {}
             }
         }
     }
@@ -526,7 +373,7 @@ impl SalNode {
     /// Moves everything the endpoint and flows want to send into the outbox and collects
     /// their events.
     fn pump(&mut self, now: Timestamp) {
-        self.pump_registrant(now);
+        self.pump_control(now);
         while let Some(t) = self.endpoint.poll_transmit(now, &mut self.buf) {
             self.push(t);
         }
@@ -573,19 +420,10 @@ impl Node for SalNode {
 
     fn poll_timeout(&self) -> Option<Timestamp> {
         let flows = self.flows.values().filter_map(Flow::poll_timeout).min();
-        let registry = self.router.as_ref().and_then(|r| r.registry.poll_timeout());
-        let registrant = self
-            .registrant
-            .as_ref()
-            .filter(|r| r.running)
-            .and_then(|r| r.registrant.poll_timeout());
-        let delay = self.delay.as_ref().and_then(DelayQueue::poll_timeout);
         [
             self.endpoint.poll_timeout(),
+            self.control.poll_timeout(),
             flows,
-            registry,
-            registrant,
-            delay,
             self.alarm,
         ]
         .into_iter()
@@ -605,20 +443,8 @@ impl Node for SalNode {
                 flow.handle_timeout(now);
             }
         }
-        if let Some(r) = self.router.as_mut()
-            && r.registry.poll_timeout().is_some_and(|t| t <= now)
-        {
-            r.registry.handle_timeout(now, self.endpoint.table_mut());
-            self.collect_lease_events(now);
-        }
-        if let Some(r) = self.registrant.as_mut().filter(|r| r.running) {
-            r.registrant.handle_timeout(now);
-        }
-        if let Some(q) = self.delay.as_mut()
-            && q.poll_timeout().is_some_and(|t| t <= now)
-        {
-            q.handle_timeout(now);
-            self.collect_delay_events();
+        if self.control.poll_timeout().is_some_and(|t| t <= now) {
+            self.control.handle_timeout(now, &mut self.endpoint);
         }
         self.pump(now);
         self.drain_loopback(now);

@@ -299,14 +299,7 @@ fn registrations_travel_as_sal_datagrams_and_flows_spread_over_both_replicas() {
     assert!(a >= 6 && b >= 6, "both replicas serve: {a} / {b}");
     // The refreshes keep the leases alive.
     advance(&mut w.net, w.router, Duration::from_secs(5));
-    let leases = w
-        .net
-        .node(w.router)
-        .router
-        .as_ref()
-        .unwrap()
-        .registry
-        .stats();
+    let leases = w.net.node(w.router).control.registry().unwrap().stats();
     assert_eq!(leases.leases, 2);
     assert!(leases.leases_refreshed > 0);
 }
@@ -355,7 +348,7 @@ fn replica_leaves(seed: u64, leave: impl FnOnce(&mut SalNode), expect: fn(&Lease
     assert!(until(&mut w.net, 10, |n| forward_targets(n, router)
         == vec![addr(SERVERS[1])]));
     let gone_after = w.net.now() - left_at;
-    let events = &w.net.node(router).router.as_ref().unwrap().lease_events;
+    let events = &w.net.node(router).lease_events;
     assert!(events.iter().any(expect), "lease events: {events:?}");
     // The old flows on the leaver are still running.
     let still_running = old_on_leaver
@@ -443,8 +436,8 @@ fn registrations_without_the_key_or_replayed_change_nothing() {
     });
     advance(&mut w.net, w.router, Duration::from_secs(10));
     assert_eq!(forward_targets(&w.net, w.router), vec![addr(SERVERS[0])]);
-    let role = w.net.node(w.router).router.as_ref().unwrap();
-    let stats = role.registry.stats();
+    let role = w.net.node(w.router);
+    let stats = role.control.registry().unwrap().stats();
     eprintln!(
         "(c) refused: bad MAC {}, unknown key {}, replay {}; leases {}",
         stats.dropped_bad_mac, stats.dropped_unknown_key, stats.dropped_replay, stats.leases
@@ -459,9 +452,9 @@ fn registrations_without_the_key_or_replayed_change_nothing() {
     assert!(role.refusals.contains(&RegistryError::BadMac));
     for &a in &attackers {
         let node = w.net.node(a);
-        let r = node.registrant.as_ref().unwrap();
+        let r = node.control.registrant().unwrap();
         // Unauthenticated registrations get no answer at all.
-        assert_eq!(r.registrant.stats().acks, 0);
+        assert_eq!(r.stats().acks, 0);
         assert!(!node.is_registered(router_addr(), &prefix()));
         assert_eq!(node.endpoint.stats().unconnected_received, 0);
     }
@@ -524,7 +517,7 @@ fn a_delayed_syn_waits_for_a_replica_and_completes_when_released() {
     assert_eq!(flow_stats.control_retransmits, 0);
     assert!(connected_after < Duration::from_secs(1));
     finish(&mut w, &hs, 30);
-    let q = w.net.node(router).delay.as_ref().unwrap().stats();
+    let q = w.net.node(router).control.delay().unwrap().stats();
     eprintln!("(d) connect through DELAY + release: connected after {connected_after:?}");
     assert_eq!((q.parked, q.released, q.waiting), (1, 1, 0));
 }
@@ -535,10 +528,8 @@ fn registering_a_replica_can_release_the_queue_at_once() {
     standby_delay(&mut w);
     w.net
         .node_mut(w.router)
-        .router
-        .as_mut()
-        .unwrap()
-        .release_on_register = true;
+        .control
+        .set_release_on_register(true);
     let hs = open(&mut w, 3, 500, 4 << 10);
     let router = w.router;
     assert!(until_ms(&mut w.net, 100, |n| n.node(router).delayed_len() == 3));
@@ -582,7 +573,7 @@ fn a_drop_verdict_refuses_the_waiting_client() {
         took < Duration::from_millis(1_100),
         "at the first SYN retransmission"
     );
-    let q = w.net.node(router).delay.as_ref().unwrap().stats();
+    let q = w.net.node(router).control.delay().unwrap().stats();
     assert_eq!((q.dropped_by_verdict, q.waiting), (1, 0));
     assert!(w.net.node(router).endpoint.stats().refusals_sent >= 1);
 }
@@ -606,7 +597,7 @@ fn parked_syns_expire_at_the_age_bound_and_the_client_gives_up() {
     let router = w.router;
     advance(&mut w.net, w.router, Duration::from_secs(5));
     let r = w.net.node(router);
-    let q = r.delay.as_ref().unwrap().stats();
+    let q = r.control.delay().unwrap().stats();
     let expired = r
         .delay_events
         .iter()
@@ -640,7 +631,7 @@ fn a_release_that_meets_delay_again_is_parked_again_then_stopped_by_the_loop_gua
     }
     let r = w.net.node(router);
     assert_eq!(r.delay_refusals, vec![DelayDropReason::Loop]);
-    assert_eq!(r.delay.as_ref().unwrap().stats().refused_loop, 1);
+    assert_eq!(r.control.delay().unwrap().stats().refused_loop, 1);
     assert_eq!(r.endpoint.stats().syns_delayed, 4);
 }
 
@@ -1022,7 +1013,7 @@ fn syns_for_a_delayed_service_fill_the_queue_only_to_its_bounds() {
         assert!(w.net.node(router).delayed_len() <= 16);
     }
     let r = w.net.node(router);
-    let q = r.delay.as_ref().unwrap().stats();
+    let q = r.control.delay().unwrap().stats();
     eprintln!(
         "(e) 1000 forged SYNs at a DELAY rule: parked peak {peak}, refused (service full) {}",
         q.refused_service_full

@@ -74,6 +74,7 @@
 
 pub mod delay;
 pub mod lease;
+pub mod plane;
 pub mod registrant;
 
 use std::collections::VecDeque;
@@ -92,6 +93,7 @@ pub use delay::{
     Refused, Released, VerdictError, emit_notify,
 };
 pub use lease::{LeaseEvent, LeaseInfo, Registry, RegistryConfig, RegistryError, RegistryStats};
+pub use plane::{ControlEvent, ControlPlane, ControlPlaneStats, RoleError};
 pub use registrant::{
     Registrant, RegistrantConfig, RegistrantError, RegistrantEvent, RegistrantStats, ReplyError,
 };

@@ -402,6 +402,24 @@ impl Registrant {
             return;
         }
         let old = core::mem::replace(&mut self.config.advertise, addr);
+        self.reannounce(old);
+    }
+
+    /// The advertised address (`None`: the observed source).
+    pub fn advertised_addr(&self) -> Option<SocketAddr> {
+        self.config.advertise
+    }
+
+    /// The host moved while keeping its advertised setting (typically `None`, the observed
+    /// source, which has just changed): leases on the addresses the routers knew are
+    /// withdrawn and every prefix is registered again at once.
+    pub fn renew(&mut self) {
+        self.reannounce(self.config.advertise);
+    }
+
+    /// Says farewell to the instance address each router knew (or `old`) and registers
+    /// every prefix again.
+    fn reannounce(&mut self, old: Option<SocketAddr>) {
         let keys: Vec<_> = self.regs.keys().copied().collect();
         for (router, prefix) in keys {
             let seen = self.regs.get(&(router, prefix)).and_then(|r| r.instance);
@@ -477,6 +495,11 @@ impl Registrant {
         self.regs
             .get(&(canonical(router), *prefix))
             .is_some_and(|r| r.acked)
+    }
+
+    /// The prefixes announced, in order.
+    pub fn prefixes(&self) -> impl Iterator<Item = ServicePrefix> + '_ {
+        self.prefixes.iter().copied()
     }
 
     /// The counters.

@@ -33,11 +33,23 @@
 //! packet's shard forwarding it over a channel) delivers each datagram to it. Nothing in the
 //! state below is global to the process for that reason.
 //!
-//! # Not yet here
+//! # Roles and moves
 //!
-//! UDP GSO/GRO (quinn-udp), the DELAY queue and the control plane (unconnected datagrams
-//! are counted and dropped), sending from a migrated local address (`Transmit::src` is
-//! ignored: one socket), and counting kernel receive-queue drops (`SO_RXQ_OVFL`).
+//! The control roles run inside the endpoint task through the core's
+//! [`ControlPlane`](crate::control::ControlPlane), the same glue the deterministic simulator
+//! drives: [`Endpoint::enable_router`] (registrations become FORWARD rules; SYNs meeting
+//! DELAY wait for [`Endpoint::delay_verdict`]), [`Endpoint::enable_registrant`] (every
+//! [`listen`](Endpoint::listen) prefix is registered with the routers, refreshed, and
+//! withdrawn when its listener goes or the endpoint is dropped). [`Endpoint::rebind`]
+//! moves the endpoint to a new socket and [`Endpoint::migrate`] announces a new address of
+//! a wildcard-bound socket; both migrate every established flow (RSYN, then the peer
+//! validates the new path) and renew registrations. A peer's address change (NAT
+//! rebinding, roaming) needs nothing from the driver: the core validates the new path when
+//! authenticated packets arrive from it.
+//!
+//! Interfaces appearing or disappearing are not watched here (no netlink): the application
+//! (the translator) calls `rebind`/`migrate`; a socket bound to a wildcard address keeps
+//! working across address changes by itself, since the kernel picks the new source.
 
 mod runtime;
 mod socket;
@@ -53,8 +65,12 @@ pub use socket::SOCKET_BUFFER;
 pub use stream::{ServalListener, ServalStream};
 
 use self::state::{Backlog, Shared, State};
-use crate::sal::{ConnectError, EndpointConfig, EndpointStats, FlowHandle};
+use crate::control::{
+    ControlEvent, ControlPlane, DelayConfig, RegistrantConfig, RegistryConfig, RoleError,
+};
+use crate::sal::{ConnectError, ControlServices, EndpointConfig, EndpointStats, FlowHandle};
 use crate::service_table::ServiceTable;
+use crate::wire::control_msg::Verdict;
 use crate::wire::sal::Protocol;
 use crate::wire::{ServiceId, ServicePrefix};
 
@@ -79,10 +95,30 @@ pub struct DriverStats {
     pub loopback_dropped: u64,
     /// Completed handshakes refused because the listener's queue was full or gone.
     pub refused_backlog: u64,
-    /// SYNs that hit a DELAY rule, dropped: the driver has no delay queue yet.
-    pub delayed_dropped: u64,
-    /// Unconnected datagrams dropped: the driver has no control plane yet.
+    /// Unconnected datagrams for a datagram listener that is not the control plane's
+    /// (the driver has no datagram sockets yet), dropped.
     pub unconnected_dropped: u64,
+    /// Moves to a new local address ([`Endpoint::rebind`], [`Endpoint::migrate`]).
+    pub migrations: u64,
+    /// `sendmsg` calls made. One call carries a whole GSO batch, so
+    /// `datagrams_sent / send_calls` is the average batch.
+    pub send_calls: u64,
+    /// Receive calls (`recvmmsg`) that returned data; each fills up to
+    /// `quinn_udp::BATCH_SIZE` buffers, each of which may hold several GRO-coalesced
+    /// datagrams.
+    pub recv_calls: u64,
+    /// Datagrams that arrived coalesced with others by UDP GRO (counted in
+    /// `datagrams_received` too).
+    pub gro_datagrams: u64,
+    /// Datagrams the kernel refused as larger than the path MTU (`EMSGSIZE`; the socket
+    /// forbids fragmentation): `EndpointConfig::max_udp_payload` is too large for the path.
+    /// Logged once per socket; not counted in `send_errors`.
+    pub mtu_errors: u64,
+    /// Most datagrams one send may carry on the current socket (UDP GSO segments; 1 when
+    /// the kernel or the device lacks GSO, or after the kernel refused a GSO send).
+    pub gso_segments: usize,
+    /// Most datagrams the kernel may coalesce into one receive (UDP GRO; 1 without GRO).
+    pub gro_segments: usize,
     /// SO_RCVBUF the kernel granted (bytes).
     pub recv_buffer: usize,
     /// SO_SNDBUF the kernel granted (bytes).
@@ -90,17 +126,26 @@ pub struct DriverStats {
 }
 
 /// What the public handles share; when the last one goes, the task is told to finish.
-#[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
 }
 
+impl core::fmt::Debug for Handle {
+    // Not the whole endpoint state: a stream's `Debug` would print every flow and buffer.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint").finish_non_exhaustive()
+    }
+}
+
 impl Drop for Handle {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
         let now = st.clock.now();
         st.orphaned = Some(now);
-        drop(st);
+        // Withdraw registrations and leases while the task lingers to send them.
+        st.control.shutdown(&mut st.endpoint);
+        drop(guard);
         self.shared.notify.notify_one();
     }
 }
@@ -123,8 +168,13 @@ impl Endpoint {
     /// wildcard, in which case only the port is taken from the socket. An all-zero
     /// `config.rng_seed` (the default) is replaced by one from the OS.
     ///
-    /// Errors: the socket's, and `Other` outside a tokio runtime.
+    /// Errors: `InvalidInput` for a config value out of range (naming the field, e.g. a
+    /// `max_udp_payload` too small for the path MTU), the socket's, and `Other` outside a
+    /// tokio runtime.
     pub fn bind(addr: SocketAddr, mut config: EndpointConfig) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let rt = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let _guard = rt.enter();
         let (socket, rcv, snd) = socket::bind_udp(addr, SOCKET_BUFFER)?;
@@ -139,7 +189,7 @@ impl Endpoint {
         }
         let clock = runtime::Clock::start();
         let endpoint = crate::sal::Endpoint::new(config, clock.now());
-        let mut state = State::new(endpoint, clock, DEFAULT_BACKLOG);
+        let mut state = State::new(endpoint, clock);
         state.stats.recv_buffer = rcv;
         state.stats.send_buffer = snd;
         let shared = Arc::new(Shared::new(state));
@@ -201,14 +251,146 @@ impl Endpoint {
     ///
     /// Errors: `AddrInUse` when the table refuses the DEMUX rule (see
     /// [`ListenError`](crate::sal::ListenError)).
+    ///
+    /// With the registrant role on ([`enable_registrant`](Self::enable_registrant)), the
+    /// prefix is also registered with every router, and withdrawn (UNREGISTER) when the
+    /// listener is dropped.
     pub fn listen(&self, prefix: ServicePrefix) -> io::Result<ServalListener> {
+        self.listen_with_backlog(prefix, DEFAULT_BACKLOG)
+    }
+
+    /// [`listen`](Self::listen) with an accept queue of at most `backlog` flows: further
+    /// completed handshakes are refused (the client sees `ConnectionRefused`) until the
+    /// application accepts. A zero backlog is taken as one.
+    pub fn listen_with_backlog(
+        &self,
+        prefix: ServicePrefix,
+        backlog: usize,
+    ) -> io::Result<ServalListener> {
         let mut st = self.handle.shared.lock();
         let id = st
             .endpoint
             .listen(prefix, Protocol::TCP)
             .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
-        st.listeners.insert(id, Backlog::default());
+        match st.control.add_prefix(prefix) {
+            Ok(registered) => {
+                let queue = Backlog::new(backlog.max(1), registered.then_some(prefix));
+                st.listeners.insert(id, queue);
+            }
+            Err(e) => {
+                st.endpoint.unlisten(id);
+                return Err(io::Error::new(io::ErrorKind::OutOfMemory, e));
+            }
+        }
+        drop(st);
+        self.handle.shared.notify.notify_one();
         Ok(ServalListener::new(self.handle.clone(), id))
+    }
+
+    /// Makes this endpoint a service router: it accepts registrations (REGISTER /
+    /// UNREGISTER to the router control ServiceID, authenticated by the keys in `registry`)
+    /// and turns them into FORWARD rules, and parks SYNs that meet a DELAY rule in a queue
+    /// bounded by `delay` until [`delay_verdict`](Self::delay_verdict). Bind the endpoint
+    /// with `config.forwarding` on, or it terminates flows instead of forwarding them.
+    ///
+    /// Errors: `AddrInUse` when the control ServiceID is taken or the role is already on.
+    pub fn enable_router(&self, registry: RegistryConfig, delay: DelayConfig) -> io::Result<()> {
+        let mut st = self.handle.shared.lock();
+        let st = &mut *st;
+        st.control
+            .enable_router(&mut st.endpoint, registry, ControlServices::DEFAULT, delay)
+            .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+        Ok(())
+    }
+
+    /// Makes this endpoint register its listeners' prefixes with `routers` (refreshed
+    /// before the leases expire, withdrawn when a listener goes). Listeners opened before
+    /// this call are not registered.
+    ///
+    /// Errors: `AddrInUse` when the host control ServiceID is taken or the role is already
+    /// on; `InvalidInput` for more routers than `config` allows.
+    pub fn enable_registrant(
+        &self,
+        config: RegistrantConfig,
+        routers: &[SocketAddr],
+    ) -> io::Result<()> {
+        {
+            let mut guard = self.handle.shared.lock();
+            let st = &mut *guard;
+            st.control
+                .enable_registrant(&mut st.endpoint, config, ControlServices::DEFAULT, routers)
+                .map_err(|e| match e {
+                    RoleError::Registrant(_) => io::Error::new(io::ErrorKind::InvalidInput, e),
+                    _ => io::Error::new(io::ErrorKind::AddrInUse, e),
+                })?;
+        }
+        self.handle.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Whether `router` has acknowledged the registration of `prefix`.
+    pub fn is_registered(&self, router: SocketAddr, prefix: &ServicePrefix) -> bool {
+        self.handle
+            .shared
+            .lock()
+            .control
+            .is_registered(router, prefix)
+    }
+
+    /// Releases (`release`) or drops every SYN parked for a ServiceID under `prefix`; a
+    /// released SYN is resolved again at once. Returns how many were waiting.
+    pub fn delay_verdict(&self, prefix: &ServicePrefix, release: bool) -> usize {
+        let verdict = if release {
+            Verdict::Release
+        } else {
+            Verdict::Drop
+        };
+        let n = self.handle.shared.lock().control.verdict(prefix, verdict);
+        self.handle.shared.notify.notify_one();
+        n
+    }
+
+    /// Takes the control plane's events (leases, registrations, DELAY), oldest first. Up
+    /// to [`control::plane::MAX_EVENTS`](crate::control::plane::MAX_EVENTS) are kept
+    /// between calls; older ones are dropped and counted.
+    pub fn control_events(&self) -> Vec<ControlEvent> {
+        let mut st = self.handle.shared.lock();
+        core::iter::from_fn(|| st.control.poll_event()).collect()
+    }
+
+    /// Runs `f` on the control plane (its roles' counters, leases, parked SYNs).
+    pub fn with_control<R>(&self, f: impl FnOnce(&ControlPlane) -> R) -> R {
+        f(&self.handle.shared.lock().control)
+    }
+
+    /// Moves the endpoint to a new socket bound at `addr` (a new address or interface):
+    /// the old socket is closed, every established flow announces the new address to its
+    /// peer (RSYN; the peer validates the path before using it), and registrations are
+    /// renewed from it. Returns the address bound. As with [`bind`](Self::bind), a
+    /// wildcard IP keeps the IP of `config.local_addr`; pass the new IP to change it.
+    pub fn rebind(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let (socket, _, _) = socket::bind_udp(addr, SOCKET_BUFFER)?;
+        let socket = socket.into_std()?;
+        let bound = socket.local_addr()?;
+        let mut st = self.handle.shared.lock();
+        let local = if bound.ip().is_unspecified() {
+            SocketAddr::new(st.endpoint.local_addr().ip(), bound.port())
+        } else {
+            bound
+        };
+        st.new_socket = Some(socket);
+        st.move_to(local);
+        drop(st);
+        self.handle.shared.notify.notify_one();
+        Ok(local)
+    }
+
+    /// Announces that the endpoint is now reached at `new_local` without changing its
+    /// socket (the socket is bound to a wildcard address and the host's address changed):
+    /// every established flow tells its peer (RSYN) and registrations are renewed.
+    pub fn migrate(&self, new_local: SocketAddr) {
+        self.handle.shared.lock().move_to(new_local);
+        self.handle.shared.notify.notify_one();
     }
 
     /// Runs `f` on the service table (add FORWARD, DELAY or DROP rules; DEMUX rules belong
@@ -259,7 +441,6 @@ impl Pending<'_> {
         let r = core::future::poll_fn(|cx| {
             let mut st = handle.shared.lock();
             let failed = st.failed;
-            let local = st.endpoint.local_addr();
             let Some(slot) = st.flows.get_mut(&id) else {
                 return core::task::Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
@@ -269,7 +450,6 @@ impl Pending<'_> {
                     handle.clone(),
                     id,
                     service,
-                    local,
                     peer,
                 )));
             }

@@ -11,17 +11,20 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use super::DriverStats;
-use super::socket::Outbox;
 use super::runtime::Clock;
+use super::socket::Outbox;
+use super::task::Timers;
+use crate::control::{ControlPlane, DelayedPacket};
 use crate::sal::{
     CloseReason, DatagramEvent, Endpoint, EndpointEvent, Event, Flow, FlowHandle, Transmit,
 };
 use crate::service_table::ListenerId;
 use crate::time::Timestamp;
+use crate::wire::ServiceId;
 
 /// Most datagrams one flow sends per pump before the others get a turn (fairness, and a
 /// bound on how long the lock is held).
-const FLOW_BURST: usize = 64;
+const FLOW_BURST: usize = 256;
 /// Most datagrams looped back to the endpoint itself in one pump (a guard against a local
 /// forwarding loop).
 const LOOPBACK_BUDGET: usize = 1024;
@@ -96,16 +99,33 @@ impl Slot {
 }
 
 /// A listener's accept queue.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Backlog {
+    /// Most flows waiting to be accepted; more are refused.
+    pub(super) limit: usize,
+    /// The prefix listened on (withdrawn from the routers when the listener goes).
+    pub(super) prefix: Option<crate::wire::ServicePrefix>,
     pub(super) queue: VecDeque<FlowHandle>,
     pub(super) waker: Option<Waker>,
+}
+
+impl Backlog {
+    pub(super) fn new(limit: usize, prefix: Option<crate::wire::ServicePrefix>) -> Self {
+        Self {
+            limit,
+            prefix,
+            queue: VecDeque::new(),
+            waker: None,
+        }
+    }
 }
 
 /// Everything the endpoint task owns.
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) endpoint: Endpoint,
+    /// The control roles (router, registrant, DELAY queue), off until enabled.
+    pub(super) control: ControlPlane,
     pub(super) clock: Clock,
     pub(super) flows: HashMap<FlowHandle, Slot>,
     pub(super) listeners: HashMap<ListenerId, Backlog>,
@@ -122,14 +142,16 @@ pub(super) struct State {
     pub(super) orphaned: Option<Timestamp>,
     /// The socket failed and the task stopped: every handle call fails with this.
     pub(super) failed: Option<std::io::ErrorKind>,
-    /// Most flows waiting in one listener's accept queue; more are refused.
-    pub(super) backlog: usize,
+    /// A socket the application rebound the endpoint to ([`Endpoint::rebind`](super::Endpoint::rebind)):
+    /// the task takes it on its next turn and drops the old one.
+    pub(super) new_socket: Option<std::net::UdpSocket>,
 }
 
 impl State {
-    pub(super) fn new(endpoint: Endpoint, clock: Clock, backlog: usize) -> Self {
+    pub(super) fn new(endpoint: Endpoint, clock: Clock) -> Self {
         Self {
             endpoint,
+            control: ControlPlane::new(),
             clock,
             flows: HashMap::new(),
             listeners: HashMap::new(),
@@ -141,7 +163,7 @@ impl State {
             stats: DriverStats::default(),
             orphaned: None,
             failed: None,
-            backlog,
+            new_socket: None,
         }
     }
 
@@ -163,8 +185,23 @@ impl State {
 
     /// One received datagram through the endpoint, and what it asks for.
     pub(super) fn handle_datagram(&mut self, now: Timestamp, from: SocketAddr, data: &[u8]) {
-        let own = self.endpoint.local_addr();
         let event = self.endpoint.handle(now, from, data, &mut self.scratch);
+        if let Some(service) = self.dispatch(now, from, data, event) {
+            self.control
+                .park(now, DelayedPacket::new(now, service, from, data.to_vec()));
+        }
+    }
+
+    /// Acts on the endpoint's verdict on `data` from `from`; returns the ServiceID of a SYN
+    /// that met DELAY, for the caller to park.
+    fn dispatch(
+        &mut self,
+        now: Timestamp,
+        from: SocketAddr,
+        data: &[u8],
+        event: Option<DatagramEvent>,
+    ) -> Option<ServiceId> {
+        let own = self.endpoint.local_addr();
         match event {
             Some(DatagramEvent::Flow(h, input)) => {
                 if let Some(slot) = self.flows.get_mut(&h) {
@@ -176,7 +213,7 @@ impl State {
                 let room = self
                     .listeners
                     .get(&incoming.listener())
-                    .is_some_and(|b| b.queue.len() < self.backlog);
+                    .is_some_and(|b| b.queue.len() < b.limit);
                 if room {
                     let listener = incoming.listener();
                     let (h, flow) = self.endpoint.accept(incoming);
@@ -198,37 +235,88 @@ impl State {
             Some(DatagramEvent::Forward(t) | DatagramEvent::Response(t)) => {
                 Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
             }
-            Some(DatagramEvent::Delayed { .. }) => self.stats.delayed_dropped += 1,
-            Some(DatagramEvent::Unconnected { .. }) => self.stats.unconnected_dropped += 1,
+            Some(DatagramEvent::Delayed { service }) => return Some(service),
+            Some(DatagramEvent::Unconnected {
+                listener,
+                source_service,
+                payload_offset,
+            }) => {
+                let body = data.get(payload_offset..).unwrap_or_default();
+                let ours = self.control.handle_unconnected(
+                    now,
+                    &mut self.endpoint,
+                    from,
+                    listener,
+                    source_service,
+                    body,
+                );
+                if !ours {
+                    self.stats.unconnected_dropped += 1;
+                }
+            }
             None => {}
         }
+        None
     }
 
-    /// Runs the endpoint's and every due flow's timers.
-    pub(super) fn handle_timeouts(&mut self, now: Timestamp) {
-        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-            self.endpoint.handle_timeout(now);
+    /// The control plane's datagrams into the outbox, and the SYNs it released through
+    /// the endpoint again.
+    fn pump_control(&mut self, now: Timestamp) {
+        let own = self.endpoint.local_addr();
+        while let Some(t) = self
+            .control
+            .poll_transmit(now, &mut self.endpoint, &mut self.scratch)
+        {
+            Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
         }
-        for (h, slot) in &mut self.flows {
-            if slot.flow.poll_timeout().is_some_and(|t| t <= now) {
-                slot.flow.handle_timeout(now);
-                self.dirty.push(*h);
+        while let Some(packet) = self.control.poll_released() {
+            let event = self
+                .endpoint
+                .handle(now, packet.from, &packet.bytes, &mut self.scratch);
+            if self
+                .dispatch(now, packet.from, &packet.bytes, event)
+                .is_some()
+            {
+                // DELAY again: park the released packet itself, so the loop guard counts.
+                self.control.park(now, packet);
             }
         }
     }
 
-    /// The earliest deadline of the endpoint, a flow, or the orphan linger.
-    pub(super) fn next_deadline(&self) -> Option<Timestamp> {
-        let flows = self
-            .flows
-            .values()
-            .filter_map(|s| s.flow.poll_timeout())
-            .min();
+    /// Runs the endpoint's and every due flow's timers. Due flows come from the task's
+    /// timer heap, not a scan of every flow; each is marked dirty, so the pump that follows
+    /// re-arms it.
+    pub(super) fn handle_timeouts(&mut self, now: Timestamp, timers: &mut Timers) {
+        if self.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        if self.control.poll_timeout().is_some_and(|t| t <= now) {
+            self.control.handle_timeout(now, &mut self.endpoint);
+        }
+        while let Some(h) = timers.pop_due(now) {
+            if let Some(slot) = self.flows.get_mut(&h) {
+                if slot.flow.poll_timeout().is_some_and(|t| t <= now) {
+                    slot.flow.handle_timeout(now);
+                }
+                self.dirty.push(h);
+            }
+        }
+    }
+
+    /// The earliest deadline of the endpoint, a flow (from the timer heap), or the orphan
+    /// linger.
+    pub(super) fn next_deadline(&self, timers: &mut Timers) -> Option<Timestamp> {
+        let flows = timers.next();
         let linger = self.orphaned.map(|t| t + ORPHAN_LINGER);
-        [self.endpoint.poll_timeout(), flows, linger]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.endpoint.poll_timeout(),
+            self.control.poll_timeout(),
+            flows,
+            linger,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Whether the task should stop: every handle is gone and the flows have drained (or
@@ -239,11 +327,14 @@ impl State {
     }
 
     /// Moves everything the endpoint and the touched flows want to send into the outbox,
-    /// wakes the handles their events concern, and handles looped-back datagrams.
-    pub(super) fn pump(&mut self, now: Timestamp) {
+    /// collects the wakers of the handles their events concern into `wake` (the task wakes
+    /// them once the lock is released, so a woken reader on the other core does not block
+    /// on the lock the task still holds), and handles looped-back datagrams.
+    pub(super) fn pump(&mut self, now: Timestamp, timers: &mut Timers, wake: &mut Vec<Waker>) {
         let own = self.endpoint.local_addr();
         let mut budget = LOOPBACK_BUDGET;
         loop {
+            self.pump_control(now);
             while let Some(t) = self.endpoint.poll_transmit(now, &mut self.scratch) {
                 Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
             }
@@ -251,7 +342,7 @@ impl State {
             dirty.sort_unstable();
             dirty.dedup();
             for h in dirty {
-                self.pump_flow(now, h, own);
+                self.pump_flow(now, h, own, timers, wake);
             }
             if self.loopback.is_empty() {
                 break;
@@ -269,8 +360,18 @@ impl State {
         }
     }
 
-    fn pump_flow(&mut self, now: Timestamp, h: FlowHandle, own: SocketAddr) {
+    /// Sends, delivers the events of and re-arms the timer of one flow (the one place a
+    /// flow's deadline is recorded: see [`Timers`]).
+    fn pump_flow(
+        &mut self,
+        now: Timestamp,
+        h: FlowHandle,
+        own: SocketAddr,
+        timers: &mut Timers,
+        wake: &mut Vec<Waker>,
+    ) {
         let Some(slot) = self.flows.get_mut(&h) else {
+            timers.arm(h, None);
             return;
         };
         if slot.detached {
@@ -297,23 +398,14 @@ impl State {
             match e {
                 Event::Connected => {
                     slot.connected = true;
-                    if let Some(w) = slot.write.take() {
-                        w.wake();
-                    }
+                    wake.extend(slot.write.take());
                 }
-                Event::Readable | Event::PeerFinished => {
-                    if let Some(w) = slot.read.take() {
-                        w.wake();
-                    }
-                }
-                Event::Writable => {
-                    if let Some(w) = slot.write.take() {
-                        w.wake();
-                    }
-                }
+                Event::Readable | Event::PeerFinished => wake.extend(slot.read.take()),
+                Event::Writable => wake.extend(slot.write.take()),
                 Event::Closed(reason) => {
                     slot.closed = Some(reason);
-                    slot.wake_all();
+                    wake.extend(slot.read.take());
+                    wake.extend(slot.write.take());
                 }
                 _ => {}
             }
@@ -324,10 +416,14 @@ impl State {
         }
         if slot.drained && slot.closed.is_none() {
             slot.closed = Some(CloseReason::Finished);
-            slot.wake_all();
+            wake.extend(slot.read.take());
+            wake.extend(slot.write.take());
         }
         if slot.drained && slot.detached {
             self.flows.remove(&h);
+            timers.arm(h, None);
+        } else {
+            timers.arm(h, slot.flow.poll_timeout());
         }
     }
 
@@ -360,6 +456,19 @@ impl State {
 }
 
 impl State {
+    /// The endpoint is reached at `local` now: new flows use it, established ones announce
+    /// it to their peers, registrations are renewed from it.
+    pub(super) fn move_to(&mut self, local: SocketAddr) {
+        let old = self.endpoint.local_addr();
+        self.endpoint.set_local_addr(local);
+        for (h, slot) in &mut self.flows {
+            slot.flow.migrate(local);
+            self.dirty.push(*h);
+        }
+        self.control.host_moved(old, local);
+        self.stats.migrations += 1;
+    }
+
     /// Adds a flow the application opened; the next pump sends its SYN.
     pub(super) fn add_flow(&mut self, h: FlowHandle, flow: Flow) {
         self.flows.insert(h, Slot::new(flow, false));

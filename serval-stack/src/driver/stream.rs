@@ -44,7 +44,7 @@ pub struct ServalStream {
     handle: Arc<Handle>,
     id: FlowHandle,
     service: ServiceId,
-    local: SocketAddr,
+    /// The peer when the handshake completed; reported once the flow is gone.
     peer: SocketAddr,
 }
 
@@ -53,14 +53,12 @@ impl ServalStream {
         handle: Arc<Handle>,
         id: FlowHandle,
         service: ServiceId,
-        local: SocketAddr,
         peer: SocketAddr,
     ) -> Self {
         Self {
             handle,
             id,
             service,
-            local,
             peer,
         }
     }
@@ -70,21 +68,31 @@ impl ServalStream {
         self.service
     }
 
-    /// The endpoint's UDP address.
+    /// The endpoint's UDP address as peers reach it (after a rebind, the new one).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.handle.shared.lock().endpoint.local_addr()
     }
 
-    /// The peer's UDP address when the handshake completed (through a router: the server
-    /// that answered, not the router).
+    /// The peer's UDP address (through a router: the server that answered, not the
+    /// router); after the peer moved and the new path was validated, the new address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+        let st = self.handle.shared.lock();
+        st.flows
+            .get(&self.id)
+            .map_or(self.peer, |s| s.flow.peer_addr())
     }
 
-    /// The flow's counters.
+    /// The flow's counters (SAL: control packets, migrations, path validations, drops).
     pub fn stats(&self) -> Option<crate::sal::FlowStats> {
         let st = self.handle.shared.lock();
         st.flows.get(&self.id).map(|s| s.flow.stats())
+    }
+
+    /// The reliable stream's counters (segments, retransmissions, RTO and TLP firings,
+    /// RTT, congestion window), while the flow exists.
+    pub fn stream_stats(&self) -> Option<crate::transport::StreamStats> {
+        let st = self.handle.shared.lock();
+        st.flows.get(&self.id).and_then(|s| s.flow.stream_stats())
     }
 
     /// Resets the flow at once (an authenticated RST); buffered data is lost.
@@ -240,7 +248,6 @@ impl ServalListener {
         let mut guard = self.handle.shared.lock();
         let st = &mut *guard;
         let failed = st.failed;
-        let local = st.endpoint.local_addr();
         let Some(b) = st.listeners.get_mut(&self.id) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
@@ -249,13 +256,7 @@ impl ServalListener {
                 continue;
             };
             let (service, peer) = (slot.flow.service(), slot.flow.peer_addr());
-            return Poll::Ready(Ok(ServalStream::new(
-                self.handle.clone(),
-                h,
-                service,
-                local,
-                peer,
-            )));
+            return Poll::Ready(Ok(ServalStream::new(self.handle.clone(), h, service, peer)));
         }
         if let Some(kind) = failed {
             return Poll::Ready(Err(task_error(kind)));
@@ -270,6 +271,9 @@ impl Drop for ServalListener {
         let mut st = self.handle.shared.lock();
         st.endpoint.unlisten(self.id);
         if let Some(b) = st.listeners.remove(&self.id) {
+            if let Some(prefix) = b.prefix {
+                st.control.remove_prefix(&prefix);
+            }
             let now = st.clock.now();
             for h in b.queue {
                 if let Some(slot) = st.flows.get_mut(&h) {

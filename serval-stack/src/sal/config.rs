@@ -44,7 +44,67 @@ pub struct EndpointConfig {
     pub stream: StreamConfig,
 }
 
+/// Smallest `max_udp_payload` accepted: room for the largest handshake packet (SAL header,
+/// SERVICE, KEY_SHARE, MAC and a few SOURCE records) and a useful stream segment. A path
+/// that cannot carry this much UDP payload cannot carry Serval.
+pub const MIN_UDP_PAYLOAD: usize = 512;
+/// Largest `max_udp_payload` accepted: the largest UDP payload over IPv4.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Outer IPv6 + UDP headers: what the largest UDP payload for a path MTU leaves out.
+const OUTER_HEADERS: usize = 40 + 8;
+
+/// A configuration value out of its range, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} = {value} is out of range: {why}")]
+pub struct ConfigError {
+    /// The field, as spelled in [`EndpointConfig`].
+    pub field: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// What the range is and why.
+    pub why: &'static str,
+}
+
 impl EndpointConfig {
+    /// Sets `max_udp_payload` for a path MTU (IP packet size, e.g. 1500 on Ethernet),
+    /// assuming the larger IPv6 outer headers (48 bytes with UDP).
+    pub fn set_path_mtu(&mut self, mtu: usize) {
+        self.max_udp_payload = mtu.saturating_sub(OUTER_HEADERS);
+    }
+
+    /// Checks the values whose mistakes would only show later as lost packets: the UDP
+    /// payload size against the path ([`MIN_UDP_PAYLOAD`]..=[`MAX_UDP_PAYLOAD`]) and
+    /// non-zero flow limits. The driver's `bind` calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, value: usize, why| ConfigError {
+            field,
+            value: value as u64,
+            why,
+        };
+        if self.max_udp_payload < MIN_UDP_PAYLOAD {
+            return Err(bad(
+                "max_udp_payload",
+                self.max_udp_payload,
+                "the path MTU is too small for Serval: at least 512 bytes of UDP payload \
+                 (a 560-byte IPv6 path MTU) are needed for the handshake",
+            ));
+        }
+        if self.max_udp_payload > MAX_UDP_PAYLOAD {
+            return Err(bad(
+                "max_udp_payload",
+                self.max_udp_payload,
+                "a UDP datagram carries at most 65507 bytes",
+            ));
+        }
+        if self.max_flows == 0 {
+            return Err(bad("max_flows", 0, "at least one flow"));
+        }
+        if self.max_half_open == 0 {
+            return Err(bad("max_half_open", 0, "at least one half-open flow"));
+        }
+        Ok(())
+    }
+
     /// The stream settings with the MSS fitted to `max_udp_payload`.
     pub(super) fn stream_config(&self) -> StreamConfig {
         let mut s = self.stream.clone();
@@ -122,5 +182,32 @@ impl Default for FlowConfig {
             path_challenges: 5,
             datagram_queue: 256,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_valid_and_fits_a_1500_byte_path() {
+        let mut c = EndpointConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        let default = c.max_udp_payload;
+        c.set_path_mtu(1500);
+        assert_eq!(c.max_udp_payload, default);
+    }
+
+    #[test]
+    fn a_path_too_small_is_refused_naming_the_field() {
+        let mut c = EndpointConfig::default();
+        c.set_path_mtu(500);
+        let e = c.validate().unwrap_err();
+        assert_eq!((e.field, e.value), ("max_udp_payload", 452));
+        assert!(e.to_string().contains("path MTU is too small"), "{e}");
+        c.set_path_mtu(560);
+        assert_eq!(c.validate(), Ok(()));
+        c.max_udp_payload = 70_000;
+        assert_eq!(c.validate().unwrap_err().field, "max_udp_payload");
     }
 }

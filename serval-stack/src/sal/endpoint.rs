@@ -300,6 +300,13 @@ impl Endpoint {
         self.config.local_addr
     }
 
+    /// The endpoint moved to `addr` (rebinding, a new interface). New flows and SOURCE
+    /// records use it; established flows learn it through [`Flow::migrate`], which the
+    /// caller runs for each of them.
+    pub fn set_local_addr(&mut self, addr: SocketAddr) {
+        self.config.local_addr = addr;
+    }
+
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
         self.stats

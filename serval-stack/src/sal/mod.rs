@@ -15,7 +15,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use config::{EndpointConfig, FlowConfig};
+pub use config::{ConfigError, EndpointConfig, FlowConfig, MAX_UDP_PAYLOAD, MIN_UDP_PAYLOAD};
 pub use endpoint::{
     ConnectError, ControlServices, DatagramEvent, Endpoint, FlowHandle, HOST_CONTROL_SERVICE,
     Incoming, ListenError, ROUTER_CONTROL_SERVICE, SendError,
