@@ -1,9 +1,28 @@
 //! The Serval translator (library half of the `serval-translator` binary).
 //!
-//! Today it holds the `service-id` tool and the demo; the client-side translator,
-//! server-side translator and service-router roles land on top of `serval-stack`'s driver.
+//! | module | what |
+//! |---|---|
+//! | [`config`] | policy files: YAML → typed, validated model; env overrides; located errors |
+//! | [`policy`] | pure mapping decisions over a valid policy (client: connection → ServiceID; server: ServiceID → backend pool or cross-translated address) |
+//! | [`relay`] | bidirectional copy with half-close, idle timeouts, bounded buffers, accounting; connection limits |
+//! | [`run`] | `serval-translator run`: every role of a policy on one Serval endpoint; reload (SIGHUP) and drain (SIGTERM) |
+//! | [`client`] | client role: TCP listeners (explicit, REDIRECT, TPROXY) → Serval flows |
+//! | [`router`] | service-router role: registrations, static routes, DELAY rules and verdicts |
+//! | [`report`], [`logging`] | what `check-config` and `run` print; log setup |
+//! | [`ids`], [`demo`] | the `service-id` tool; the demo (a whole topology on loopback, self-checking) |
 
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod client;
+pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod ids;
+pub mod logging;
+pub mod policy;
+pub mod relay;
+pub mod report;
+pub mod router;
+pub mod run;
+pub mod server;
+pub mod tls;

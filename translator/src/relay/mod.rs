@@ -1,0 +1,79 @@
+//! Relaying bytes between the accepted connection and the one the translator opened.
+//!
+//! - [`relay`] / [`relay_until`] ([`copy`]): bidirectional copy between any two tokio
+//!   `AsyncRead + AsyncWrite` values — a `TcpStream` and a `serval_stack::driver::ServalStream`
+//!   in production, `tokio::io::duplex` pairs in tests — with half-close per direction,
+//!   idle and half-close timeouts, bounded buffers and a [`RelayReport`];
+//! - [`Limiter`] ([`limit`]): global and per-listener connection limits;
+//! - [`AccessLog`]: the one structured line per closed connection;
+//! - [`abort_tcp`]: close a TCP connection with a reset.
+//!
+//! A role's accept loop is: admit ([`Limiter::try_admit`]) → decide (`crate::policy`) →
+//! connect → [`relay_until`] (stopped by the drain deadline) → if the outcome is not clean,
+//! reset the side still open → [`AccessLog::emit`] → drop the permit.
+
+pub mod copy;
+pub mod limit;
+
+use core::net::SocketAddr;
+
+use serval_stack::wire::ServiceId;
+
+pub use copy::{Outcome, RelayConfig, RelayReport, Side, relay, relay_until};
+pub use limit::{Gate, LimitRefusal, LimitStats, Limiter, Permit};
+
+/// Target of the access log lines (`log.access_log: false` filters it out).
+pub const ACCESS_LOG_TARGET: &str = "access";
+
+/// The access-log record of one relayed connection.
+#[derive(Clone, Debug)]
+pub struct AccessLog<'a> {
+    /// `client` or `server`.
+    pub role: &'a str,
+    /// Listener (client role) or service (server role) name.
+    pub via: &'a str,
+    /// The peer of the accepted connection (legacy client, or the Serval peer's address).
+    pub peer: Option<SocketAddr>,
+    /// The ServiceID of the flow.
+    pub service: Option<ServiceId>,
+    /// Where the translator connected (backend address, or the Serval peer that answered).
+    pub upstream: Option<SocketAddr>,
+    /// What the relay did.
+    pub report: &'a RelayReport,
+}
+
+impl AccessLog<'_> {
+    /// Emits the line at INFO on target [`ACCESS_LOG_TARGET`]; with the JSON log format
+    /// every field is a JSON field.
+    pub fn emit(&self) {
+        let r = self.report;
+        let error_kind = match r.outcome {
+            Outcome::Error(_, kind) => Some(kind.to_string()),
+            _ => None,
+        };
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            role = self.role,
+            via = self.via,
+            peer = self.peer.map(tracing::field::display),
+            service = self.service.map(tracing::field::display),
+            upstream = self.upstream.map(tracing::field::display),
+            bytes_in = r.inbound_to_outbound,
+            bytes_out = r.outbound_to_inbound,
+            duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            outcome = r.outcome.label(),
+            error = error_kind,
+            "connection closed"
+        );
+    }
+}
+
+/// Makes the kernel answer with a reset when `stream` is dropped (`SO_LINGER` 0), instead
+/// of a FIN that would tell the peer the stream ended normally. Use it on the side still
+/// open when the other side was reset or the relay timed out.
+pub fn abort_tcp(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(stream).set_linger(Some(core::time::Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests;
