@@ -613,3 +613,80 @@ async fn bulk_transfer_is_batched_by_gso_and_gro_when_offered() {
         assert_eq!(rx.gro_datagrams, 0, "{rx:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_datagrams_are_echoed_whole() {
+    let server = bind(false);
+    let client = bind(false);
+    let socket = server
+        .listen_datagram(ServicePrefix::exact(service(11)))
+        .unwrap();
+    let echo = tokio::spawn(async move {
+        let flow = socket.accept().await.expect("accept");
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let n = flow.recv(&mut buf).await.expect("recv");
+            if n == 0 {
+                return;
+            }
+            flow.send(&buf[..n]).await.expect("echo");
+        }
+    });
+    timeout(Duration::from_secs(30), async {
+        let flow = client
+            .connect_datagram(service(11), Some(server.local_addr()))
+            .await
+            .expect("connect");
+        let max = flow.max_datagram();
+        assert!(max >= 1400, "{max}");
+        let too_big = vec![0u8; max + 1];
+        assert_eq!(
+            flow.send(&too_big).await.unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput
+        );
+        // One at a time, so nothing can overflow a queue on loopback: every size from 1 byte
+        // to the largest comes back intact.
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut back = vec![0u8; 2048];
+        for len in [1, 2, 100, 536, 1000, max - 1, max] {
+            let mut d = vec![0u8; len];
+            rng.fill_bytes(&mut d);
+            flow.send(&d).await.expect("send");
+            let n = flow.recv(&mut back).await.expect("recv");
+            assert_eq!(&back[..n], &d[..], "a {len}-byte datagram");
+        }
+    })
+    .await
+    .expect("echoed in time");
+    drop(echo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconnected_datagrams_carry_both_service_ids() {
+    let (a, b) = (bind(false), bind(false));
+    let sa = a
+        .listen_datagram(ServicePrefix::exact(service(21)))
+        .unwrap();
+    let sb = b
+        .listen_datagram(ServicePrefix::exact(service(22)))
+        .unwrap();
+    timeout(Duration::from_secs(10), async {
+        sa.send_to(b"ping", service(22), b.local_addr()).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from_service, from) = sb.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!((from_service, from), (Some(service(21)), a.local_addr()));
+        // The answer goes back to the sender's ServiceID.
+        sb.send_to(b"pong", from_service.unwrap(), from).unwrap();
+        let (n, from_service, _) = sa.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], from_service), (&b"pong"[..], Some(service(22))));
+    })
+    .await
+    .expect("exchanged in time");
+    assert_eq!(
+        sa.send_to(&[], service(22), b.local_addr())
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+}

@@ -11,7 +11,9 @@
 //! itself (a connect to a local listener) are looped back without a syscall.
 //!
 //! The application holds cheap handles: [`Endpoint`] (clonable), [`ServalListener`] and
-//! [`ServalStream`] (tokio `AsyncRead` + `AsyncWrite`). Handles and the task share the state
+//! [`ServalStream`] (tokio `AsyncRead` + `AsyncWrite`), and for datagram mode
+//! [`ServalDatagram`] (a connected datagram flow) and [`ServalDatagramSocket`] (a datagram
+//! listener: unconnected datagrams and accepted datagram flows). Handles and the task share the state
 //! behind one mutex, quinn's shape: a stream's `poll_write` copies straight into the flow's
 //! send buffer and `poll_read` straight out of its receive buffer (no second buffer, no
 //! byte channel), then notifies the task; the task wakes a handle's stored waker when its
@@ -51,6 +53,7 @@
 //! (the translator) calls `rebind`/`migrate`; a socket bound to a wildcard address keeps
 //! working across address changes by itself, since the kernel picks the new source.
 
+mod datagram;
 mod runtime;
 mod socket;
 mod state;
@@ -61,6 +64,7 @@ use core::net::SocketAddr;
 use std::io;
 use std::sync::Arc;
 
+pub use datagram::{ServalDatagram, ServalDatagramSocket};
 pub use socket::SOCKET_BUFFER;
 pub use stream::{ServalListener, ServalStream};
 
@@ -211,7 +215,8 @@ impl Endpoint {
     /// `ConnectionRefused` when nothing listens there, `TimedOut` when the handshake is not
     /// answered, `ConnectionReset` / `ConnectionAborted` for the rest.
     pub async fn connect(&self, service: ServiceId) -> io::Result<ServalStream> {
-        self.open(service, None).await
+        let (id, service, peer) = self.open(service, None, Protocol::TCP).await?;
+        Ok(ServalStream::new(self.handle.clone(), id, service, peer))
     }
 
     /// Opens a stream to `service` at `addr` without consulting the service table.
@@ -220,10 +225,30 @@ impl Endpoint {
         service: ServiceId,
         addr: SocketAddr,
     ) -> io::Result<ServalStream> {
-        self.open(service, Some(addr)).await
+        let (id, service, peer) = self.open(service, Some(addr), Protocol::TCP).await?;
+        Ok(ServalStream::new(self.handle.clone(), id, service, peer))
     }
 
-    async fn open(&self, service: ServiceId, addr: Option<SocketAddr>) -> io::Result<ServalStream> {
+    /// Opens a connected datagram flow to `service` (resolved like
+    /// [`connect`](Self::connect), or sent to `addr` when given): the handshake authenticates
+    /// both ends and the flow migrates like a stream, but delivery is best effort, each
+    /// datagram in one packet. Errors as for `connect`.
+    pub async fn connect_datagram(
+        &self,
+        service: ServiceId,
+        addr: Option<SocketAddr>,
+    ) -> io::Result<ServalDatagram> {
+        let (id, service, peer) = self.open(service, addr, Protocol::UDP).await?;
+        Ok(ServalDatagram::new(self.handle.clone(), id, service, peer))
+    }
+
+    /// Starts a flow of `protocol` and waits for its handshake.
+    async fn open(
+        &self,
+        service: ServiceId,
+        addr: Option<SocketAddr>,
+        protocol: Protocol,
+    ) -> io::Result<(FlowHandle, ServiceId, SocketAddr)> {
         let id = {
             let mut st = self.handle.shared.lock();
             if let Some(kind) = st.failed {
@@ -231,8 +256,8 @@ impl Endpoint {
             }
             let now = st.clock.now();
             let (id, flow) = match addr {
-                Some(a) => st.endpoint.connect_to(now, service, a, Protocol::TCP),
-                None => st.endpoint.connect(now, service, Protocol::TCP),
+                Some(a) => st.endpoint.connect_to(now, service, a, protocol),
+                None => st.endpoint.connect(now, service, protocol),
             }
             .map_err(connect_error)?;
             st.add_flow(id, flow);
@@ -267,10 +292,28 @@ impl Endpoint {
         prefix: ServicePrefix,
         backlog: usize,
     ) -> io::Result<ServalListener> {
+        self.listen_protocol(prefix, backlog, Protocol::TCP)
+    }
+
+    /// Receives on every ServiceID under `prefix` in datagram mode: unconnected datagrams
+    /// ([`ServalDatagramSocket::recv_from`]) and connected datagram flows
+    /// ([`ServalDatagramSocket::accept`]). Registered with routers like
+    /// [`listen`](Self::listen).
+    pub fn listen_datagram(&self, prefix: ServicePrefix) -> io::Result<ServalDatagramSocket> {
+        let listener = self.listen_protocol(prefix, DEFAULT_BACKLOG, Protocol::UDP)?;
+        Ok(ServalDatagramSocket::new(listener, *prefix.id()))
+    }
+
+    fn listen_protocol(
+        &self,
+        prefix: ServicePrefix,
+        backlog: usize,
+        protocol: Protocol,
+    ) -> io::Result<ServalListener> {
         let mut st = self.handle.shared.lock();
         let id = st
             .endpoint
-            .listen(prefix, Protocol::TCP)
+            .listen(prefix, protocol)
             .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
         match st.control.add_prefix(prefix) {
             Ok(registered) => {
@@ -433,7 +476,8 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    async fn wait(mut self) -> io::Result<ServalStream> {
+    /// The flow's handle, ServiceID and peer once connected.
+    async fn wait(mut self) -> io::Result<(FlowHandle, ServiceId, SocketAddr)> {
         let Some(id) = self.id else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -446,12 +490,7 @@ impl Pending<'_> {
             };
             if slot.connected {
                 let (service, peer) = (slot.flow.service(), slot.flow.peer_addr());
-                return core::task::Poll::Ready(Ok(ServalStream::new(
-                    handle.clone(),
-                    id,
-                    service,
-                    peer,
-                )));
+                return core::task::Poll::Ready(Ok((id, service, peer)));
             }
             if let Some(reason) = slot.closed {
                 return core::task::Poll::Ready(Err(stream::close_error(reason)));
@@ -464,7 +503,7 @@ impl Pending<'_> {
         })
         .await;
         if r.is_ok() {
-            // The stream owns the flow now.
+            // The caller's handle owns the flow now.
             self.id = None;
         }
         r

@@ -25,6 +25,9 @@ use crate::wire::ServiceId;
 /// Most datagrams one flow sends per pump before the others get a turn (fairness, and a
 /// bound on how long the lock is held).
 const FLOW_BURST: usize = 256;
+/// Most unconnected datagrams waiting in one datagram listener; more are dropped and
+/// counted (a UDP socket's receive buffer, in datagrams).
+const DATAGRAM_QUEUE: usize = 1024;
 /// Most datagrams looped back to the endpoint itself in one pump (a guard against a local
 /// forwarding loop).
 const LOOPBACK_BUDGET: usize = 1024;
@@ -60,6 +63,9 @@ impl Shared {
 #[derive(Debug)]
 pub(super) struct Slot {
     pub(super) flow: Flow,
+    /// A datagram flow: its writer waits for room in the datagram queue, which the pump
+    /// makes by sending.
+    datagram: bool,
     /// The reader waiting for data or the end of the stream.
     pub(super) read: Option<Waker>,
     /// The writer waiting for buffer space, or `connect` waiting for the handshake.
@@ -78,6 +84,7 @@ pub(super) struct Slot {
 impl Slot {
     fn new(flow: Flow, connected: bool) -> Self {
         Self {
+            datagram: flow.is_datagram(),
             flow,
             read: None,
             write: None,
@@ -107,6 +114,18 @@ pub(super) struct Backlog {
     pub(super) prefix: Option<crate::wire::ServicePrefix>,
     pub(super) queue: VecDeque<FlowHandle>,
     pub(super) waker: Option<Waker>,
+    /// Unconnected datagrams received (datagram listeners), oldest first.
+    pub(super) datagrams: VecDeque<Unconnected>,
+    /// The task waiting in `recv_from`.
+    pub(super) recv_waker: Option<Waker>,
+}
+
+/// An unconnected datagram waiting for `recv_from`.
+#[derive(Debug)]
+pub(super) struct Unconnected {
+    pub(super) from: SocketAddr,
+    pub(super) source_service: Option<ServiceId>,
+    pub(super) payload: Vec<u8>,
 }
 
 impl Backlog {
@@ -116,6 +135,8 @@ impl Backlog {
             prefix,
             queue: VecDeque::new(),
             waker: None,
+            datagrams: VecDeque::new(),
+            recv_waker: None,
         }
     }
 }
@@ -251,12 +272,52 @@ impl State {
                     body,
                 );
                 if !ours {
-                    self.stats.unconnected_dropped += 1;
+                    self.deliver_unconnected(listener, from, source_service, body);
                 }
             }
             None => {}
         }
         None
+    }
+
+    /// Queues an unconnected datagram for the application's datagram listener, or drops it
+    /// (counted) when the listener is gone or its queue is full.
+    fn deliver_unconnected(
+        &mut self,
+        listener: ListenerId,
+        from: SocketAddr,
+        source_service: Option<ServiceId>,
+        body: &[u8],
+    ) {
+        match self.listeners.get_mut(&listener) {
+            Some(b) if b.datagrams.len() < DATAGRAM_QUEUE => {
+                b.datagrams.push_back(Unconnected {
+                    from,
+                    source_service,
+                    payload: body.to_vec(),
+                });
+                if let Some(w) = b.recv_waker.take() {
+                    w.wake();
+                }
+            }
+            _ => self.stats.unconnected_dropped += 1,
+        }
+    }
+
+    /// Writes an unconnected datagram from `src` to `dst` at `to` into the outbox.
+    pub(super) fn send_unconnected(
+        &mut self,
+        dst: ServiceId,
+        src: ServiceId,
+        to: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), crate::sal::SendError> {
+        let own = self.endpoint.local_addr();
+        let t = self
+            .endpoint
+            .send_unconnected(dst, src, to, payload, &mut self.scratch)?;
+        Self::emit(&mut self.out, &mut self.loopback, own, t, &self.scratch);
+        Ok(())
     }
 
     /// The control plane's datagrams into the outbox, and the SYNs it released through
@@ -381,6 +442,7 @@ impl State {
                     break;
                 }
             }
+            while slot.flow.recv_datagram().is_some() {}
         }
         let mut sent = 0;
         while sent < FLOW_BURST {
@@ -393,6 +455,10 @@ impl State {
         if sent == FLOW_BURST {
             // More may be ready: the task comes back before sleeping.
             self.dirty.push(h);
+        }
+        if sent > 0 && slot.datagram {
+            // The datagram queue has room again.
+            wake.extend(slot.write.take());
         }
         while let Some(e) = slot.flow.poll() {
             match e {

@@ -245,6 +245,25 @@ impl ServalListener {
 
     /// Polls for the next completed flow.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<ServalStream>> {
+        self.poll_accept_flow(cx)
+            .map_ok(|(h, service, peer)| ServalStream::new(self.handle.clone(), h, service, peer))
+    }
+
+    /// The endpoint handle, for wrappers (datagram sockets) built on a listener.
+    pub(super) fn handle(&self) -> &Arc<Handle> {
+        &self.handle
+    }
+
+    /// The listener's id in the endpoint.
+    pub(super) fn id(&self) -> ListenerId {
+        self.id
+    }
+
+    /// Polls for the next completed flow: its handle, ServiceID and peer.
+    pub(super) fn poll_accept_flow(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(FlowHandle, ServiceId, SocketAddr)>> {
         let mut guard = self.handle.shared.lock();
         let st = &mut *guard;
         let failed = st.failed;
@@ -255,8 +274,7 @@ impl ServalListener {
             let Some(slot) = st.flows.get(&h) else {
                 continue;
             };
-            let (service, peer) = (slot.flow.service(), slot.flow.peer_addr());
-            return Poll::Ready(Ok(ServalStream::new(self.handle.clone(), h, service, peer)));
+            return Poll::Ready(Ok((h, slot.flow.service(), slot.flow.peer_addr())));
         }
         if let Some(kind) = failed {
             return Poll::Ready(Err(task_error(kind)));

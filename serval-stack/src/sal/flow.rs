@@ -399,6 +399,18 @@ impl Flow {
         self.state == State::Closed
     }
 
+    /// Whether this is a datagram flow (protocol 17) rather than a stream.
+    pub fn is_datagram(&self) -> bool {
+        matches!(self.transport, Transport::Datagrams(_))
+    }
+
+    /// Largest datagram [`send_datagram`](Self::send_datagram) accepts: what fits one packet
+    /// after the SAL header.
+    pub fn max_datagram(&self) -> usize {
+        self.max_udp_payload
+            .saturating_sub(crate::wire::sal::HEADER_LEN)
+    }
+
     /// Counters.
     pub fn stats(&self) -> FlowStats {
         let mut s = self.stats;
@@ -422,9 +434,7 @@ impl Flow {
     /// flow cannot send: not a datagram flow, not established, finished, the datagram is
     /// empty or too large for one packet, or the send queue is full.
     pub fn send_datagram(&mut self, data: &[u8]) -> bool {
-        let room = self
-            .max_udp_payload
-            .saturating_sub(crate::wire::sal::HEADER_LEN);
+        let room = self.max_datagram();
         let open = self.state == State::Connected && !self.local_fin;
         let limit = self.config.datagram_queue;
         let Transport::Datagrams(d) = &mut self.transport else {
