@@ -2,8 +2,8 @@
 //! the same path, in the same run, with the same application code on both.
 //!
 //! ```sh
-//! cargo run --release -p serval-benches --bin e2e -- [--quick] [--path loopback|veth]
-//!     [--metric single|multi|rtt|conn] [--rounds N]
+//! cargo run --release -p serval-benches --bin e2e -- [--quick] [--path loopback|veth|chain]
+//!     [--metric single|multi|rtt|conn] [--rounds N] [--variant direct|haproxy|translator]
 //! ```
 //!
 //! Paths: **loopback** (server and client processes in this network namespace, 127.0.0.1)
@@ -33,6 +33,22 @@
 //!
 //! Everything is bounded: byte and round-trip counts, a connection count and a time limit,
 //! and a timeout on every process. Nothing asserts on time.
+//!
+//! **chain** (only with `--path chain`; root): the translator's path. Four namespaces,
+//! client → hop1 → hop2 → server, joined by veth pairs with MTU 1500, and the kernel-TCP
+//! client and server above (the same application code, SHA-256 checked) reaching each other
+//! three ways in the same run, alternating round by round:
+//!
+//! - **direct**: kernel TCP routed by the two hops (IPv4 forwarding);
+//! - **haproxy**: Debian's `haproxy` in TCP mode in hop1, forwarding to a second one in
+//!   hop2, forwarding to the server (skipped loudly when `haproxy` is not installed);
+//! - **translator**: `serval-translator run` in hop1 (client role, an explicit listener)
+//!   → one `serval-translator run` in hop2 with the router and server roles (router
+//!   co-located with the server translator in one process) → the server.
+//!
+//! The translator binary is `serval-translator` next to this one (`cargo build --release
+//! -p translator` into the same target directory), or `E2E_TRANSLATOR`. `--variant` keeps
+//! one variant (for profiling).
 
 #![allow(clippy::print_stdout)] // the report is this program's output
 
@@ -90,6 +106,9 @@ struct Cli {
     /// Only this stack (for profiling one side).
     #[arg(long, value_enum)]
     stack: Option<Stack>,
+    /// Only this variant of the chain path (for profiling one side).
+    #[arg(long, value_enum)]
+    variant: Option<Variant>,
     /// Rounds per metric and stack (default 3, `--quick` 1).
     #[arg(long)]
     rounds: Option<usize>,
@@ -154,6 +173,16 @@ enum Stack {
 enum PathKind {
     Loopback,
     Veth,
+    /// client → hop1 → hop2 → server; only when asked for.
+    Chain,
+}
+
+/// How the chain path's client reaches its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Variant {
+    Direct,
+    Haproxy,
+    Translator,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -706,6 +735,13 @@ fn orchestrate(cli: &Cli) -> io::Result<()> {
         }
     };
     let blk = block();
+    if cli.path == Some(PathKind::Chain) {
+        println!("# End-to-end chain: kernel TCP direct, HAProxy chain, translators");
+        if require_root("the chain path of the e2e benchmark") {
+            chain::run(cli, &plan, &blk)?;
+        }
+        return Ok(());
+    }
     let expect_single = hex(&pattern_sha256(&blk, plan.single));
     let expect_multi = hex(&pattern_sha256(&blk, plan.multi / STREAMS as u64));
     println!("# End-to-end: Serval vs kernel TCP\n");
@@ -731,6 +767,7 @@ fn orchestrate(cli: &Cli) -> io::Result<()> {
                 client_ip: IpAddr::from([127, 0, 0, 1]),
                 ns: None,
             },
+            PathKind::Chain => continue,
             PathKind::Veth => {
                 if !require_root("the veth path of the e2e benchmark") {
                     continue;
@@ -915,5 +952,396 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::Multi => "multi",
         Metric::Rtt => "rtt",
         Metric::Conn => "conn",
+    }
+}
+
+// ------------------------------------------------------------------------ the chain path
+
+/// client → hop1 → hop2 → server: kernel TCP routed, an HAProxy chain, the translators.
+mod chain {
+    use super::{
+        Cli, Metric, Plan, STREAMS, Variant, bad, field, hex, loadavg, median, metric_name,
+        pattern_sha256,
+    };
+    use serval_tests::netns::{Netns, Process, veth};
+    use std::io;
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::Duration;
+
+    /// Addresses: client .1.2 | .1.1 hop1 .2.1 | .2.2 hop2 .3.1 | .3.2 server.
+    const CLIENT: &str = "10.78.1.2";
+    const HOP1_IN: &str = "10.78.1.1";
+    const HOP1_OUT: &str = "10.78.2.1";
+    const HOP2_IN: &str = "10.78.2.2";
+    const HOP2_OUT: &str = "10.78.3.1";
+    const SERVER: &str = "10.78.3.2";
+    const MTU: u32 = 1500;
+    /// The legacy server's port (in the server namespace).
+    const SERVER_PORT: u16 = 7000;
+    /// HAProxy's listeners: hop1's (the client's target) and hop2's.
+    const HAPROXY1_PORT: u16 = 7001;
+    const HAPROXY2_PORT: u16 = 7002;
+    /// The client translator's explicit listener (in hop1).
+    const TRANSLATOR_PORT: u16 = 7003;
+    /// The translators' Serval (UDP) port.
+    const SERVAL_PORT: u16 = 54325;
+    /// The service the translators carry the legacy server as.
+    const SERVICE: &str = "0x00000e2e";
+    /// The router's registration key (the server role is in its process, so unused on
+    /// the wire, but the role needs one).
+    const KEY: &str = "e2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee2ee";
+
+    const ALL: [Variant; 3] = [Variant::Direct, Variant::Haproxy, Variant::Translator];
+
+    fn name(v: Variant) -> &'static str {
+        match v {
+            Variant::Direct => "direct",
+            Variant::Haproxy => "haproxy",
+            Variant::Translator => "translator",
+        }
+    }
+
+    /// The address the client connects to for `v`.
+    fn target(v: Variant) -> String {
+        match v {
+            Variant::Direct => format!("{SERVER}:{SERVER_PORT}"),
+            Variant::Haproxy => format!("{HOP1_IN}:{HAPROXY1_PORT}"),
+            Variant::Translator => format!("{HOP1_IN}:{TRANSLATOR_PORT}"),
+        }
+    }
+
+    fn haproxy_config(listen: &str, forward: &str) -> String {
+        // TCP mode, defaults otherwise (one thread per CPU, as the translator's runtime),
+        // no logging (the translators' access log is off too).
+        format!(
+            "global\n    maxconn 8000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\nfrontend bench\n    bind {listen}\n    default_backend bench\n\nbackend bench\n    server s1 {forward}\n"
+        )
+    }
+
+    fn client_translator_config() -> String {
+        format!(
+            "serval:\n  bind: \"{HOP1_OUT}:{SERVAL_PORT}\"\n  routers: [\"{HOP2_IN}:{SERVAL_PORT}\"]\nclient:\n  listeners:\n    - name: bench\n      listen: \"{HOP1_IN}:{TRANSLATOR_PORT}\"\n      service: \"{SERVICE}\"\nadmin: {{listen: ~}}\nlog: {{level: warn, access_log: false}}\n"
+        )
+    }
+
+    fn server_translator_config() -> String {
+        format!(
+            "serval:\n  bind: \"{HOP2_IN}:{SERVAL_PORT}\"\nrouter:\n  keys: [{{id: 1, env: E2E_CHAIN_KEY}}]\nserver:\n  services:\n    - name: bench\n      prefix: \"{SERVICE}\"\n      backends: [{{address: \"{SERVER}:{SERVER_PORT}\"}}]\nadmin: {{listen: ~}}\nlog: {{level: warn, access_log: false}}\n"
+        )
+    }
+
+    /// `serval-translator`: `E2E_TRANSLATOR`, or next to this binary.
+    fn translator_binary() -> io::Result<PathBuf> {
+        if let Some(p) = std::env::var_os("E2E_TRANSLATOR") {
+            return Ok(p.into());
+        }
+        let exe = std::env::current_exe()?;
+        let p = exe.with_file_name("serval-translator");
+        if p.exists() {
+            Ok(p)
+        } else {
+            Err(bad(format!(
+                "{} not found: `cargo build --release -p translator` into the same target \
+                 directory, or set E2E_TRANSLATOR",
+                p.display()
+            )))
+        }
+    }
+
+    fn haproxy_installed() -> bool {
+        Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// The four namespaces, routed.
+    #[derive(Debug)]
+    struct Topology {
+        client: Netns,
+        hop1: Netns,
+        hop2: Netns,
+        server: Netns,
+    }
+
+    impl Topology {
+        fn new() -> io::Result<Self> {
+            let t = Self {
+                client: Netns::new("ch-cli")?,
+                hop1: Netns::new("ch-hop1")?,
+                hop2: Netns::new("ch-hop2")?,
+                server: Netns::new("ch-srv")?,
+            };
+            veth(
+                &t.client,
+                &format!("{CLIENT}/24"),
+                &t.hop1,
+                &format!("{HOP1_IN}/24"),
+                MTU,
+            )?;
+            veth(
+                &t.hop1,
+                &format!("{HOP1_OUT}/24"),
+                &t.hop2,
+                &format!("{HOP2_IN}/24"),
+                MTU,
+            )?;
+            veth(
+                &t.hop2,
+                &format!("{HOP2_OUT}/24"),
+                &t.server,
+                &format!("{SERVER}/24"),
+                MTU,
+            )?;
+            t.hop1.enable_forwarding()?;
+            t.hop2.enable_forwarding()?;
+            t.client.route("default", HOP1_IN)?;
+            t.server.route("default", HOP2_OUT)?;
+            t.hop1.route("10.78.3.0/24", HOP2_IN)?;
+            t.hop2.route("10.78.1.0/24", HOP1_OUT)?;
+            Ok(t)
+        }
+    }
+
+    /// One client process of `metric` towards `v`; returns its `RESULT` line.
+    fn measure(
+        topo: &Topology,
+        plan: &Plan,
+        v: Variant,
+        (metric, len, count, expect): (Metric, u64, usize, &str),
+        timeout: Duration,
+    ) -> io::Result<String> {
+        let mut cmd = topo.client.command(std::env::current_exe()?);
+        cmd.args(["client", "--stack", "tcp", "--metric", metric_name(metric)])
+            .args(["--server", &target(v), "--local", CLIENT])
+            .args(["--secs", &plan.secs.to_string()])
+            .args(["--len", &len.to_string(), "--count", &count.to_string()]);
+        if !expect.is_empty() {
+            cmd.args(["--expect", expect]);
+        }
+        let label = format!("{}-{}", name(v), metric_name(metric));
+        let mut p = Process::spawn(&label, cmd)?;
+        let result = p.wait_for("RESULT", timeout)?;
+        p.wait_exit(Duration::from_secs(20))?;
+        Ok(result)
+    }
+
+    /// Waits until `v` carries connections end to end (a few short probes), so startup
+    /// (binding, the server's registration) never lands in a measurement.
+    fn wait_ready(topo: &Topology, plan: &Plan, v: Variant) -> io::Result<()> {
+        let mut last = None;
+        for _ in 0..20 {
+            match measure(
+                topo,
+                plan,
+                v,
+                (Metric::Conn, 0, 16, ""),
+                Duration::from_secs(10),
+            ) {
+                Ok(r) if field(&r, "conns")? > 0.0 => return Ok(()),
+                Ok(r) => last = Some(bad(r)),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(last.unwrap_or_else(|| bad("not ready")))
+    }
+
+    /// Runs the chain path: every metric, the variants alternating round by round.
+    pub(super) fn run(cli: &Cli, plan: &Plan, blk: &[u8]) -> io::Result<()> {
+        // Smaller bulk than the direct paths: a proxy chain is slower, and the run should
+        // stay within a few minutes.
+        let plan = Plan {
+            single: if cli.quick { 256 << 20 } else { 1 << 30 },
+            multi: if cli.quick { 256 << 20 } else { 1 << 30 },
+            rounds: cli.rounds.unwrap_or(if cli.quick { 1 } else { 5 }),
+            ..*plan
+        };
+        let expect_single = hex(&pattern_sha256(blk, plan.single));
+        let expect_multi = hex(&pattern_sha256(blk, plan.multi / STREAMS as u64));
+        let mut variants: Vec<Variant> = ALL
+            .into_iter()
+            .filter(|v| cli.variant.is_none_or(|c| c == *v))
+            .collect();
+        if variants.contains(&Variant::Haproxy) && !haproxy_installed() {
+            let bar = "*".repeat(78);
+            eprintln!(
+                "\n{bar}\nSKIPPED: the HAProxy column: `haproxy` is not installed \
+                 (apt-get install haproxy)\n{bar}\n"
+            );
+            println!("\n**HAProxy not installed: its column is skipped.**");
+            variants.retain(|v| *v != Variant::Haproxy);
+        }
+        let topo = Topology::new()?;
+        let dir = std::env::temp_dir().join(format!("e2e-chain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut procs: Vec<Process> = Vec::new();
+
+        // The legacy server, the same for every variant.
+        let mut cmd = topo.server.command(std::env::current_exe()?);
+        cmd.args([
+            "serve",
+            "--stack",
+            "tcp",
+            "--bind",
+            &format!("{SERVER}:{SERVER_PORT}"),
+        ]);
+        let mut server = Process::spawn("legacy-server", cmd)?;
+        server.wait_for("READY", Duration::from_secs(20))?;
+        procs.push(server);
+
+        if variants.contains(&Variant::Haproxy) {
+            for (ns, tag, listen, forward) in [
+                (
+                    &topo.hop2,
+                    "haproxy-hop2",
+                    format!("{HOP2_IN}:{HAPROXY2_PORT}"),
+                    format!("{SERVER}:{SERVER_PORT}"),
+                ),
+                (
+                    &topo.hop1,
+                    "haproxy-hop1",
+                    format!("{HOP1_IN}:{HAPROXY1_PORT}"),
+                    format!("{HOP2_IN}:{HAPROXY2_PORT}"),
+                ),
+            ] {
+                let file = dir.join(format!("{tag}.cfg"));
+                std::fs::write(&file, haproxy_config(&listen, &forward))?;
+                let mut cmd = ns.command("haproxy");
+                cmd.arg("-db").arg("-f").arg(&file);
+                procs.push(Process::spawn(tag, cmd)?);
+            }
+        }
+        if variants.contains(&Variant::Translator) {
+            let bin = translator_binary()?;
+            for (ns, tag, config) in [
+                (&topo.hop2, "translator-hop2", server_translator_config()),
+                (&topo.hop1, "translator-hop1", client_translator_config()),
+            ] {
+                let file = dir.join(format!("{tag}.yaml"));
+                std::fs::write(&file, config)?;
+                let mut cmd = ns.command(&bin);
+                cmd.arg("run").arg("--config").arg(&file);
+                cmd.env("E2E_CHAIN_KEY", KEY);
+                procs.push(Process::spawn(tag, cmd)?);
+            }
+        }
+        for v in &variants {
+            wait_ready(&topo, &plan, *v)?;
+        }
+        // The proxies' process ids, for a profiler started from outside.
+        for p in [&topo.hop1, &topo.hop2] {
+            eprintln!("pids in {}: {:?}", p.name(), p.pids()?);
+        }
+
+        println!(
+            "\n## Chain: client → hop1 → hop2 → server, MTU 1500, {} round(s), single {} MiB, \
+             multi {STREAMS} x {} MiB, {} round trips, {} connections (or {} s); \
+             load average before: {}\n",
+            plan.rounds,
+            plan.single >> 20,
+            (plan.multi / STREAMS as u64) >> 20,
+            plan.rtts,
+            plan.conns,
+            plan.secs,
+            loadavg()
+        );
+        println!(
+            "| metric | direct | HAProxy chain | translator | translator / HAProxy | \
+             translator / direct | rounds (direct; HAProxy; translator) |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for metric in [Metric::Single, Metric::Multi, Metric::Rtt, Metric::Conn] {
+            if cli.metric.is_some_and(|m| m != metric) {
+                continue;
+            }
+            // [variant][round]: the value, and the p99 for rtt.
+            let mut vals: [Vec<f64>; 3] = Default::default();
+            let mut p99: [Vec<f64>; 3] = Default::default();
+            for round in 0..plan.rounds {
+                // Rotate the order, so a disturbance is shared fairly.
+                let mut order = variants.clone();
+                let k = round % order.len().max(1);
+                order.rotate_left(k);
+                for v in order {
+                    let (len, count, expect) = match metric {
+                        Metric::Single => (plan.single, 0, expect_single.as_str()),
+                        Metric::Multi => (plan.multi, 0, expect_multi.as_str()),
+                        Metric::Rtt => (0, plan.rtts, ""),
+                        Metric::Conn => (0, plan.conns, ""),
+                    };
+                    let result =
+                        measure(&topo, &plan, v, (metric, len, count, expect), plan.timeout)?;
+                    let (value, tail) = match metric {
+                        Metric::Single | Metric::Multi => (
+                            field(&result, "bytes")? * 8.0 / field(&result, "secs")? / 1e9,
+                            0.0,
+                        ),
+                        Metric::Rtt => (field(&result, "p50_us")?, field(&result, "p99_us")?),
+                        Metric::Conn => (field(&result, "conns")? / field(&result, "secs")?, 0.0),
+                    };
+                    eprintln!(
+                        "chain {}-{} round {round}: {result} (load {})",
+                        name(v),
+                        metric_name(metric),
+                        loadavg()
+                    );
+                    let i = v as usize;
+                    vals[i].push(value);
+                    p99[i].push(tail);
+                }
+            }
+            match metric {
+                Metric::Single => row("1 stream throughput", &vals, "Gbit/s"),
+                Metric::Multi => row("8 streams throughput", &vals, "Gbit/s"),
+                Metric::Rtt => {
+                    row("1-byte RTT p50", &vals, "µs");
+                    row("1-byte RTT p99", &p99, "µs");
+                }
+                Metric::Conn => row("connections/s", &vals, "/s"),
+            }
+        }
+        println!("\nload average after: {}", loadavg());
+        for p in &mut procs {
+            p.close_stdin();
+            p.kill();
+        }
+        drop(procs);
+        drop(topo);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// One table row: the medians, translator / HAProxy and translator / direct, the rounds.
+    fn row(metric: &str, v: &[Vec<f64>; 3], unit: &str) {
+        let med = |i: usize| median(&v[i]);
+        let fmt = |i: usize| med(i).map_or("–".into(), |m| format!("{m:.2} {unit}"));
+        let ratio = |a: usize, b: usize| match (med(a), med(b)) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}x", x / y),
+            _ => "–".into(),
+        };
+        let list = |i: usize| {
+            v[i].iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (d, h, t) = (
+            Variant::Direct as usize,
+            Variant::Haproxy as usize,
+            Variant::Translator as usize,
+        );
+        println!(
+            "| {metric} | {} | {} | {} | **{}** | {} | {}; {}; {} |",
+            fmt(d),
+            fmt(h),
+            fmt(t),
+            ratio(t, h),
+            ratio(t, d),
+            list(d),
+            list(h),
+            list(t)
+        );
     }
 }
