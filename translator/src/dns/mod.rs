@@ -40,8 +40,6 @@ use std::io;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
@@ -125,24 +123,10 @@ fn bump(c: &AtomicU64) {
 /// The forwarder for `servers`: a caching stub resolver asking them (UDP, TCP when an
 /// answer is truncated), no search domains, no hosts file.
 fn forwarder(servers: &[SocketAddr]) -> io::Result<TokioResolver> {
-    let name_servers = servers
-        .iter()
-        .map(|s| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = s.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = s.port();
-            NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-        })
-        .collect();
-    let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
-    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let mut builder = crate::server::resolve::stub_builder(servers);
     let o = builder.options_mut();
-    o.use_hosts_file = ResolveHosts::Never;
     o.preserve_intermediates = true;
     o.recursion_desired = true;
-    o.timeout = Duration::from_secs(2);
-    o.attempts = 2;
     o.ndots = 0;
     builder
         .build()

@@ -46,7 +46,7 @@ mod flow;
 mod health;
 mod pool;
 mod proxy_header;
-mod resolve;
+pub(crate) mod resolve;
 mod stats;
 
 use core::pin::Pin;

@@ -86,29 +86,38 @@ impl DnsResolver {
     /// A resolver asking `servers` (UDP, then TCP for truncated answers), nothing else: no
     /// search domains, no hosts file. For tests and explicit setups.
     pub fn with_servers(servers: &[SocketAddr]) -> io::Result<Self> {
-        let name_servers = servers
-            .iter()
-            .map(|s| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = s.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = s.port();
-                NameServerConfig::new(s.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
-        let mut builder =
-            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
-        let opts = builder.options_mut();
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.timeout = Duration::from_secs(2);
-        opts.attempts = 2;
+        let mut builder = stub_builder(servers);
+        builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         let inner = builder
             .build()
             .map_err(|e| io::Error::other(format!("cannot build the DNS resolver: {e}")))?;
         Ok(Self { inner })
     }
+}
+
+/// A stub resolver builder asking exactly `servers` (UDP, then TCP for truncated answers):
+/// no search domains, no hosts file, 2 s timeout, 2 attempts. The server role's backend
+/// resolver and the DNS responder's forwarder both start here.
+pub(crate) fn stub_builder(
+    servers: &[SocketAddr],
+) -> hickory_resolver::ResolverBuilder<TokioRuntimeProvider> {
+    let name_servers = servers
+        .iter()
+        .map(|s| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = s.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = s.port();
+            NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let opts = builder.options_mut();
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 2;
+    builder
 }
 
 impl Resolve for DnsResolver {
