@@ -7,6 +7,7 @@
 //! | [`relay`] | bidirectional copy with half-close, idle timeouts, bounded buffers, accounting; connection limits |
 //! | [`run`] | `serval-translator run`: every role of a policy on one Serval endpoint; reload (SIGHUP) and drain (SIGTERM) |
 //! | [`client`] | client role: TCP listeners (explicit, REDIRECT, TPROXY) → Serval flows |
+//! | [`client_address`] | the legacy client's address, carried client → server translator in a PROXY v2 preamble |
 //! | [`router`] | service-router role: registrations, static routes, DELAY rules and verdicts |
 //! | [`report`], [`logging`] | what `check-config` and `run` print; log setup |
 //! | [`ids`], [`demo`] | the `service-id` tool; the demo (a whole topology on loopback, self-checking) |
@@ -14,6 +15,7 @@
 #![cfg_attr(not(test), warn(missing_docs))]
 
 pub mod client;
+pub mod client_address;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -476,7 +476,11 @@ fn proxy_protocol_v2_reaches_the_backend() {
     let _client = topo.client("");
 
     let body = topo
-        .curl(CURL_SMALL, &[&format!("http://{EXPLICIT_PP}/")])
+        // From the namespace's own address, so the legacy client is not the loopback.
+        .curl(
+            CURL_SMALL,
+            &["--interface", CLI, &format!("http://{EXPLICIT_PP}/")],
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(body, "pp\n");
     let line = backend
@@ -485,11 +489,25 @@ fn proxy_protocol_v2_reaches_the_backend() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let id = serval_stack::wire::name::service_id_for_name("pp.test").expect("id");
-    let want = format!(
-        "PROXY sig=True ver_cmd=0x21 fam=0x11 src={CLI}:{SERVAL_PORT} dst={SRV}:9000 e0={}",
-        hex(id.as_bytes())
+    // The client translator carried curl's address (its preamble), and the original
+    // destination; not the client translator's Serval address.
+    let head = "PROXY sig=True ver_cmd=0x21 fam=0x11 src=";
+    let rest = line
+        .strip_prefix(head)
+        .unwrap_or_else(|| panic!("got  {line}\nwant {head}..."));
+    let (src, rest) = rest.split_once(' ').expect("src");
+    let (ip, port) = src.rsplit_once(':').expect("src ip:port");
+    let port: u16 = port.parse().expect("src port");
+    assert_eq!(ip, CLI, "the legacy client's address: {line}");
+    assert_ne!(
+        port, SERVAL_PORT,
+        "not the translator's Serval port: {line}"
     );
-    assert!(line.starts_with(&want), "got  {line}\nwant {want} end=...");
+    let want = format!("dst={EXPLICIT_PP} e0={}", hex(id.as_bytes()));
+    assert!(
+        rest.starts_with(&want),
+        "got  {line}\nwant ...{want} end=..."
+    );
 }
 
 /// 5. DNS mode: the client translator's responder answers a policy name with a pool

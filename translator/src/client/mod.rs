@@ -10,9 +10,12 @@
 //! 3. **connect**: a Serval flow to the ServiceID, resolved through the endpoint's service
 //!    table (a default FORWARD rule to the routers, or a local listener), bounded by
 //!    `client.connect_timeout`;
-//! 4. **relay** ([`relay_until`]) until both directions finish, a timeout fires, a side
+//! 4. **preamble**: a PROXY protocol v2 header on the flow carrying the legacy client's
+//!    address and the original destination ([`crate::client_address`]), always written, so
+//!    the server translator can hand the real client to its backends;
+//! 5. **relay** ([`relay_until`]) until both directions finish, a timeout fires, a side
 //!    fails, or the drain's grace period ends;
-//! 5. **close**: a clean end (both FINs relayed) drops both sides; anything else resets
+//! 6. **close**: a clean end (both FINs relayed) drops both sides; anything else resets
 //!    both (an RST on TCP, an authenticated RST on the flow), so neither peer can mistake a
 //!    truncated stream for a complete one. One access-log line.
 //!
@@ -49,6 +52,7 @@ use std::io;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use serval_stack::driver::{Endpoint, ServalStream};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -525,6 +529,30 @@ async fn connection(
             return reset(tcp);
         }
     };
+    // The legacy client's address for the server translator (module docs, step 4).
+    let destination = original.unwrap_or(local);
+    let written = match crate::client_address::preamble(peer, destination) {
+        Ok(p) => tokio::time::timeout(snap.connect_timeout, flow.write_all(&p))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        let label = shared.counters.connect_failed(e.kind());
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            role = "client",
+            via = %view.name,
+            peer = %peer,
+            service = %decision.service,
+            outcome = "connect_failed",
+            reason = label,
+            error = %format_args!("writing the PROXY preamble: {e}"),
+            "connection refused"
+        );
+        flow.abort();
+        return reset(tcp);
+    }
     shared.counters.relayed();
     let upstream = flow.peer_addr();
     let report = relay_until(
@@ -543,6 +571,7 @@ async fn connection(
         role: "client",
         via: &view.name,
         peer: Some(peer),
+        client: None,
         service: Some(decision.service),
         upstream: Some(upstream),
         report: &report,

@@ -375,6 +375,18 @@ pub struct ServerRole {
     /// Accept legacy-address ServiceIDs and connect to the address inside them.
     #[serde(default)]
     pub cross_translate: Option<CrossTranslate>,
+    /// Use the legacy client's address a client translator carries in its PROXY v2
+    /// preamble (for the PROXY header to backends and the access log). Default true: the
+    /// preamble is what lets backends see the real client, and only translators send it.
+    /// Set false when untrusted Serval clients can reach the role and backends act on the
+    /// address (allow-lists, rate limits): the preamble is then still stripped, and the
+    /// Serval peer's address is used, as for native clients.
+    #[serde(default = "default_true")]
+    pub trust_client_address: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// How a backend is chosen.

@@ -34,6 +34,8 @@ pub struct AccessLog<'a> {
     pub via: &'a str,
     /// The peer of the accepted connection (legacy client, or the Serval peer's address).
     pub peer: Option<SocketAddr>,
+    /// The legacy client a client translator's preamble carried (server role), when used.
+    pub client: Option<SocketAddr>,
     /// The ServiceID of the flow.
     pub service: Option<ServiceId>,
     /// Where the translator connected (backend address, or the Serval peer that answered).
@@ -56,6 +58,7 @@ impl AccessLog<'_> {
             role = self.role,
             via = self.via,
             peer = self.peer.map(tracing::field::display),
+            client = self.client.map(tracing::field::display),
             service = self.service.map(tracing::field::display),
             upstream = self.upstream.map(tracing::field::display),
             bytes_in = r.inbound_to_outbound,

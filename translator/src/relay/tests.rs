@@ -406,6 +406,7 @@ fn the_access_log_is_one_structured_json_line() {
             role: "client",
             via: "web",
             peer: Some("192.0.2.9:40000".parse().unwrap()),
+            client: None,
             service: Some(ServiceId::from_u32(16385)),
             upstream: None,
             report: &report,

@@ -1,7 +1,11 @@
 //! One accepted Serval flow, from decision to access-log line.
 //!
-//! decide (`ServerPolicy`) → admit (`Limiter`, per-service gate) → connect (backend choice,
-//! connect timeout, retries on *other* backends, passive outlier reports) → PROXY header →
+//! decide (`ServerPolicy`) → admit (`Limiter`, per-service gate) → read the start of the
+//! flow (a client translator's PROXY v2 preamble carrying the legacy client, stripped; or a
+//! native client's first bytes, kept: [`crate::client_address`]; bounded by the connect
+//! timeout) → connect (backend choice, connect timeout, retries on *other* backends, passive
+//! outlier reports) → PROXY header (source: the legacy client when carried and
+//! `server.trust_client_address`, else the Serval peer) → a native client's first bytes →
 //! relay until both sides finish, a timeout, an error or the drain's hard stop → reset the
 //! sides on an unclean end → access log.
 //!
@@ -25,6 +29,7 @@ use super::pool::{Lease, PoolInner};
 use super::proxy_header;
 use super::stats::{ActiveGuard, ServerCounters};
 use super::{Generation, RefusalReason};
+use crate::client_address::{self, PreambleError, Start};
 use crate::config::model::ProxyProtocol;
 use crate::policy::ServerDecision;
 use crate::relay::{ACCESS_LOG_TARGET, AccessLog, Gate, LimitRefusal, Limiter, relay_until};
@@ -100,6 +105,35 @@ pub(crate) async fn serve_flow(
         }
     };
 
+    // The start of the flow: a client translator's preamble, or a native client's bytes.
+    let start = tokio::select! {
+        s = client_address::read(&mut serval, plan.connect_timeout) => s,
+        () = stopped(ctx.stop.clone()) => Err(PreambleError::Io(io::Error::new(io::ErrorKind::Interrupted, "draining: stopped"))),
+    };
+    let (carried, first_bytes) = match start {
+        Ok(Start::Carried { addresses }) => {
+            ServerCounters::bump(&ctx.counters.preambles);
+            (
+                addresses.filter(|_| generation.trust_client_address),
+                Vec::new(),
+            )
+        }
+        Ok(Start::Native(bytes)) => (None, bytes),
+        Err(e) => {
+            let c = match e {
+                PreambleError::TooLong(_) => &ctx.counters.preamble_too_long,
+                PreambleError::Garbled(_) => &ctx.counters.preamble_garbled,
+                PreambleError::TimedOut(_) | PreambleError::Io(_) => {
+                    &ctx.counters.preamble_incomplete
+                }
+            };
+            ServerCounters::bump(c);
+            refused(&serval, peer, &service, plan.via, e.label(), &e.to_string());
+            return;
+        }
+    };
+    let client = carried.map(|(c, _)| c);
+
     let connected = tokio::select! {
         c = connect(&plan, peer, &ctx.counters) => c,
         () = stopped(ctx.stop.clone()) => Err(io::Error::new(io::ErrorKind::Interrupted, "draining: stopped")),
@@ -124,7 +158,8 @@ pub(crate) async fn serve_flow(
         }
     };
 
-    match proxy_header::header(plan.proxy_protocol, peer, addr, &service) {
+    let (source, destination) = carried.unwrap_or((peer, addr));
+    match proxy_header::header(plan.proxy_protocol, source, destination, &service) {
         Ok(None) => {}
         Ok(Some(h)) => {
             let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&h)).await;
@@ -157,6 +192,24 @@ pub(crate) async fn serve_flow(
         }
     }
 
+    if !first_bytes.is_empty() {
+        let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&first_bytes)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            ServerCounters::bump(&ctx.counters.outcome_error_outbound);
+            let _ = crate::relay::abort_tcp(&tcp);
+            refused(
+                &serval,
+                peer,
+                &service,
+                plan.via,
+                "backend_write_failed",
+                "cannot write the flow's first bytes to the backend",
+            );
+            return;
+        }
+        ServerCounters::add(&ctx.counters.bytes_to_backends, first_bytes.len() as u64);
+    }
+
     ServerCounters::bump(&ctx.counters.relayed);
     let report = relay_until(
         &mut serval,
@@ -181,6 +234,7 @@ pub(crate) async fn serve_flow(
         role: "server",
         via: plan.via,
         peer: Some(peer),
+        client,
         service: Some(service),
         upstream: Some(addr),
         report: &report,

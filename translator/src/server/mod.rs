@@ -285,6 +285,8 @@ pub(crate) struct Generation {
     cross: Option<CrossRuntime>,
     relay: RelayConfig,
     grace: Duration,
+    /// `server.trust_client_address`.
+    trust_client_address: bool,
 }
 
 #[derive(Debug)]
@@ -321,6 +323,7 @@ impl Server {
         let empty = ServerRole {
             services: Vec::new(),
             cross_translate: None,
+            trust_client_address: true,
         };
         let role = config.server.as_ref().unwrap_or(&empty);
         if config.server.is_none() {
@@ -399,6 +402,7 @@ impl Server {
             cross,
             relay: relay_config(config),
             grace: config.drain.grace_period.0,
+            trust_client_address: role.trust_client_address,
         });
 
         // Listeners: drop the unwanted (withdrawing them), keep the rest, open the new.

@@ -1,12 +1,11 @@
 //! PROXY protocol headers (HAProxy's v1 text and v2 binary) sent to a backend before the
 //! first byte of the flow, built with the `ppp` crate.
 //!
-//! **What the header says today.** The source is the **Serval peer's UDP address** (the
-//! client translator, or the NAT in front of it), the destination is the **backend's
-//! address**. The legacy client's own address is not carried over Serval yet (the SYN has no
-//! field for it), so a backend sees which translator a connection came through, not which
-//! legacy host opened it. When the client address is carried, it replaces the source here
-//! and nothing else changes for backends.
+//! **What the header says.** When the flow began with a client translator's preamble
+//! ([`crate::client_address`]) and `server.trust_client_address` is on, the source is the
+//! **legacy client's address** and the destination the **original destination** it
+//! connected to. Otherwise (a native Serval client, or trust off) the source is the
+//! **Serval peer's UDP address** and the destination the **backend's address**.
 //!
 //! v2 also carries the flow's 256-bit ServiceID in a custom TLV,
 //! [`PP2_TYPE_SERVAL_SERVICE_ID`] (`0xE0`, the first of the range the specification leaves

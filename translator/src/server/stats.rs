@@ -66,6 +66,15 @@ counters! {
     no_backend,
     /// Flows whose PROXY protocol header could not be written.
     proxy_header_failures,
+    /// Flows that started with a client translator's PROXY v2 preamble (stripped).
+    preambles,
+    /// Flows refused for their preamble: declared too long (above 512 bytes).
+    preamble_too_long,
+    /// Flows refused for their preamble: does not parse.
+    preamble_garbled,
+    /// Flows refused for their preamble: incomplete within the connect timeout, or the
+    /// stream failed or ended inside it.
+    preamble_incomplete,
     /// Flows relayed (a backend connection was made).
     relayed,
     /// Relays that ended cleanly (both directions finished).

@@ -640,3 +640,111 @@ server:
     assert!(gone.is_err(), "the withdrawn prefix is not served");
     h.stop().await;
 }
+
+fn proxy_policy(addr: SocketAddr, trust: bool) -> String {
+    format!(
+        r#"
+server:
+  trust_client_address: {trust}
+  services:
+    - name: web
+      prefix: "0x0a:8"
+      backends: [{{address: "{addr}"}}]
+      proxy_protocol: v2
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_client_translators_preamble_is_stripped_and_its_address_used() {
+    let legacy: SocketAddr = "10.50.0.1:40000".parse().unwrap();
+    let original: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+    for trust in [true, false] {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (addr, _t) = backend(Mode::Proxy(tx)).await;
+        let h = Harness::start(&proxy_policy(addr, trust), None).await;
+        let mut data = crate::client_address::preamble(legacy, original).unwrap();
+        data.extend_from_slice(b"payload after the preamble");
+        let out = h.exchange(&h.client, id(), &data).await.unwrap();
+        assert_eq!(
+            out, b"payload after the preamble",
+            "the preamble is stripped"
+        );
+        let header = within("header", rx.recv()).await.unwrap();
+        let ppp::HeaderResult::V2(Ok(v2)) = ppp::HeaderResult::parse(&header) else {
+            panic!("not a v2 header");
+        };
+        let want = if trust {
+            (legacy, original)
+        } else {
+            (h.client.local_addr(), addr)
+        };
+        assert_eq!(
+            v2.addresses,
+            ppp::v2::Addresses::from(want),
+            "trust={trust}"
+        );
+        let counters = h.counters.clone();
+        h.stop().await;
+        let st = counters.snapshot();
+        assert_eq!(st.preambles, 1);
+        assert_eq!(st.outcome_finished, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_native_clients_first_bytes_reach_the_backend_intact() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (addr, _t) = backend(Mode::Proxy(tx)).await;
+    let h = Harness::start(&proxy_policy(addr, true), None).await;
+    // Starts like the signature, then diverges; then 64 KiB of pseudo-random bytes.
+    let mut data = b"\r\n\r\n\0\r\nQUI!".to_vec();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..(64 << 10) / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    let out = h.exchange(&h.client, id(), &data).await.unwrap();
+    assert_eq!(Sha256::digest(&out), Sha256::digest(&data));
+    let header = within("header", rx.recv()).await.unwrap();
+    let ppp::HeaderResult::V2(Ok(v2)) = ppp::HeaderResult::parse(&header) else {
+        panic!("not a v2 header");
+    };
+    assert_eq!(
+        v2.addresses,
+        ppp::v2::Addresses::from((h.client.local_addr(), addr))
+    );
+    let counters = h.counters.clone();
+    h.stop().await;
+    let st = counters.snapshot();
+    assert_eq!(st.preambles, 0);
+    assert_eq!(st.bytes_to_backends, data.len() as u64);
+}
+
+#[tokio::test]
+async fn an_oversize_or_garbled_preamble_is_refused() {
+    let (addr, _t) = backend(Mode::Echo).await;
+    let h = Harness::start(&proxy_policy(addr, true), None).await;
+    let mut big = crate::client_address::SIGNATURE.to_vec();
+    big.extend_from_slice(&[0x21, 0x11]);
+    big.extend_from_slice(&600u16.to_be_bytes());
+    big.resize(16 + 600, 0);
+    let mut bad = crate::client_address::SIGNATURE.to_vec();
+    bad.extend_from_slice(&[0x99, 0x11, 0, 12]);
+    bad.resize(16 + 12, 0);
+    for data in [big, bad] {
+        let r = h.exchange(&h.client, id(), &data).await;
+        assert!(
+            r.is_err() || r.as_ref().is_ok_and(Vec::is_empty),
+            "refused: {r:?}"
+        );
+    }
+    let counters = h.counters.clone();
+    h.stop().await;
+    let st = counters.snapshot();
+    assert_eq!(st.preamble_too_long, 1);
+    assert_eq!(st.preamble_garbled, 1);
+    assert_eq!(st.relayed, 0);
+}

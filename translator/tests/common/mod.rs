@@ -97,12 +97,20 @@ impl NativeServer {
         }
     }
 
-    /// Serves streams for ever with [`sink_then_source`].
+    /// Serves streams for ever with [`sink_then_source`], after the PROXY v2 preamble
+    /// every client translator's flow starts with (a native service fronted by client
+    /// translators must understand it; a stream without one is dropped here).
     pub fn serve(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let _endpoint = self.endpoint;
-            while let Ok(s) = self.listener.accept().await {
-                tokio::spawn(sink_then_source(s, self.tag));
+            while let Ok(mut s) = self.listener.accept().await {
+                let tag = self.tag;
+                tokio::spawn(async move {
+                    use translator::client_address::{Start, read};
+                    if let Ok(Start::Carried { .. }) = read(&mut s, WAIT).await {
+                        sink_then_source(s, tag).await;
+                    }
+                });
             }
         })
     }
