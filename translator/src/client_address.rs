@@ -36,7 +36,7 @@ const FIXED: usize = 16;
 /// The preamble the client translator writes: `source` = the legacy client, `destination`
 /// = the original destination.
 pub fn preamble(source: SocketAddr, destination: SocketAddr) -> io::Result<Vec<u8>> {
-    let (source, destination) = same_family(source, destination);
+    let (source, destination) = crate::server::proxy_header::same_family(source, destination);
     Builder::with_addresses(
         Version::Two | Command::Proxy,
         Protocol::Stream,
@@ -148,21 +148,6 @@ pub async fn read<R: AsyncRead + Unpin>(
         Addresses::Unspecified | Addresses::Unix(_) => None,
     };
     Ok(Start::Carried { addresses })
-}
-
-/// Both addresses in one family (see `server::proxy_header`).
-fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
-    let (a, b) = (canonical(a), canonical(b));
-    let v6 = |s: SocketAddr| match s.ip() {
-        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), s.port()),
-        IpAddr::V6(_) => s,
-    };
-    if a.is_ipv4() == b.is_ipv4() {
-        (a, b)
-    } else {
-        (v6(a), v6(b))
-    }
 }
 
 #[cfg(test)]

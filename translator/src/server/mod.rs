@@ -45,7 +45,7 @@ mod balance;
 mod flow;
 mod health;
 mod pool;
-mod proxy_header;
+pub(crate) mod proxy_header;
 pub(crate) mod resolve;
 mod stats;
 

@@ -55,8 +55,9 @@ pub(crate) fn header(
 
 /// Both addresses in one family: IPv4-mapped addresses (a dual-stack socket's view of an
 /// IPv4 peer) become plain IPv4 first; then, when the families still differ, the IPv4 one
-/// becomes IPv4-mapped IPv6.
-fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+/// becomes IPv4-mapped IPv6. PROXY v2 headers need one family; the client translator's
+/// preamble (`client_address`) uses this too.
+pub(crate) fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
     let (a, b) = (canonical(a), canonical(b));
     let v6 = |s: SocketAddr| match s.ip() {
