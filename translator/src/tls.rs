@@ -18,9 +18,11 @@
 
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
@@ -34,6 +36,7 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+use crate::config::load::resolve;
 use crate::config::model::TlsSettings;
 
 /// Largest PEM file read (a certificate chain or a key is a few KiB).
@@ -83,6 +86,37 @@ pub enum TlsError {
     Config(String),
 }
 
+impl TlsError {
+    /// The policy field the error is about (`tls.cert`, `tls.key`, ...).
+    pub fn field(&self) -> String {
+        match self {
+            Self::Read { field, .. } | Self::Invalid { field, .. } => format!("tls.{field}"),
+            Self::KeyMismatch { .. } => "tls.key".to_owned(),
+            Self::ServerName(_) => "tls.server_name".to_owned(),
+            Self::Config(_) => "tls".to_owned(),
+        }
+    }
+}
+
+/// Both sides of the policy's `tls:`, built once at start (a change needs a restart).
+#[derive(Clone, Debug)]
+pub struct TlsPair {
+    /// For the client role's flows.
+    pub client: ClientConnector,
+    /// For the server role's flows.
+    pub server: ServerAcceptor,
+}
+
+impl TlsPair {
+    /// Reads the files of `settings` (relative paths from `base`, the policy's folder).
+    pub fn load(settings: &TlsSettings, base: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            client: client_connector_in(settings, base)?,
+            server: server_acceptor_in(settings, base)?,
+        })
+    }
+}
+
 /// Opens TLS on the client side of a stream.
 #[derive(Clone)]
 pub struct ClientConnector {
@@ -127,6 +161,87 @@ impl ServerAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         self.acceptor.accept(io).await
+    }
+}
+
+/// The Serval leg of a relayed connection: the flow itself, or TLS over it.
+///
+/// It borrows the flow rather than owning it, so the caller keeps the `ServalStream` and
+/// can still reset it (`abort`) when the handshake fails or the relay ends uncleanly:
+/// dropping a stream would close it with a FIN, which a peer may take for a complete one.
+#[derive(Debug)]
+pub enum Leg<'a, S> {
+    /// No `tls:` in the policy.
+    Plain(&'a mut S),
+    /// Mutual TLS 1.3 (boxed: the TLS state is a few KiB, the plain case should not pay).
+    Tls(Box<tokio_rustls::TlsStream<&'a mut S>>),
+}
+
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Leg<'a, S> {
+    /// The client translator's side: runs the handshake when `connector` is set.
+    pub async fn client(connector: Option<&ClientConnector>, io: &'a mut S) -> io::Result<Self> {
+        match connector {
+            None => Ok(Self::Plain(io)),
+            Some(c) => Ok(Self::Tls(Box::new(c.connect(io).await?.into()))),
+        }
+    }
+
+    /// The stream under the TLS layer (to reset it, read its addresses and statistics).
+    pub fn stream(&self) -> &S {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) => t.get_ref().0,
+        }
+    }
+
+    /// The server translator's side: runs the handshake when `acceptor` is set.
+    pub async fn server(acceptor: Option<&ServerAcceptor>, io: &'a mut S) -> io::Result<Self> {
+        match acceptor {
+            None => Ok(Self::Plain(io)),
+            Some(a) => Ok(Self::Tls(Box::new(a.accept(io).await?.into()))),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Leg<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Self::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Leg<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Self::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(&mut **s).poll_flush(cx),
+            Self::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+        }
+    }
+
+    /// Half-close: with TLS, a `close_notify` first (so the peer can tell the end from a
+    /// truncation), then the flow's FIN. Reading continues (TLS 1.3 closes per direction).
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Self::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
+        }
     }
 }
 
@@ -271,14 +386,6 @@ impl Files {
     }
 }
 
-fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
 fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let err = |source| TlsError::Read {
         field,
@@ -375,253 +482,5 @@ impl ServerCertVerifier for AnyNameUnderCa {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use core::sync::atomic::{AtomicU32, Ordering};
-    use core::time::Duration;
-
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    const LIMIT: Duration = Duration::from_secs(30);
-
-    /// A folder of PEM files made for one test, removed when dropped.
-    struct Dir(PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn dir() -> Dir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "serval-tls-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-
-    struct Ca {
-        issuer: Issuer<'static, KeyPair>,
-        pem: String,
-    }
-
-    fn ca(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// Writes `<who>.pem`, `<who>.key` and `ca.pem` under `d` for a leaf of `ca` valid
-    /// for `name`; returns the settings.
-    fn leaf(d: &Dir, ca: &Ca, who: &str, name: &str, server_name: Option<&str>) -> TlsSettings {
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        let (c, k, a) = (
-            d.0.join(format!("{who}.pem")),
-            d.0.join(format!("{who}.key")),
-            d.0.join(format!("{who}-ca.pem")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        std::fs::write(&a, &ca.pem).unwrap();
-        TlsSettings {
-            cert: c,
-            key: k,
-            ca: a,
-            server_name: server_name.map(str::to_owned),
-        }
-    }
-
-    /// Handshakes both ends over an in-memory pipe and moves a few bytes each way.
-    async fn handshake(client: &TlsSettings, server: &TlsSettings) -> io::Result<()> {
-        let connector = client_connector(client).unwrap();
-        let acceptor = server_acceptor(server).unwrap();
-        let (a, b) = tokio::io::duplex(64 << 10);
-        let srv = tokio::spawn(async move {
-            let mut s = acceptor.accept(b).await?;
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).await?;
-            s.write_all(b"pong!").await?;
-            s.shutdown().await?;
-            io::Result::Ok(buf)
-        });
-        let cli = async {
-            let mut c = connector.connect(a).await?;
-            c.write_all(b"ping!").await?;
-            let mut buf = [0u8; 5];
-            c.read_exact(&mut buf).await?;
-            io::Result::Ok(buf)
-        };
-        let (got, srv) = tokio::time::timeout(LIMIT, async { (cli.await, srv.await) })
-            .await
-            .expect("handshake hangs");
-        let got = got?;
-        let seen = srv.expect("server task")?;
-        assert_eq!((&got, &seen), (b"pong!", b"ping!"));
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn mutual_tls_with_and_without_a_server_name() {
-        let d = dir();
-        let ca = ca("serval test CA");
-        let server = leaf(&d, &ca, "server", "server.translators.test", None);
-        let named = leaf(
-            &d,
-            &ca,
-            "client",
-            "client.translators.test",
-            Some("server.translators.test"),
-        );
-        handshake(&named, &server).await.unwrap();
-        let any = leaf(&d, &ca, "client2", "client2.translators.test", None);
-        handshake(&any, &server).await.unwrap();
-        let wrong = leaf(
-            &d,
-            &ca,
-            "client3",
-            "client3.translators.test",
-            Some("other.translators.test"),
-        );
-        assert!(
-            handshake(&wrong, &server).await.is_err(),
-            "name mismatch refused"
-        );
-    }
-
-    #[tokio::test]
-    async fn certificates_of_another_ca_are_refused_both_ways() {
-        let d = dir();
-        let ours = ca("ours");
-        let theirs = ca("theirs");
-        let server = leaf(&d, &ours, "server", "server.test", None);
-        let stranger = leaf(&d, &theirs, "stranger", "stranger.test", None);
-        assert!(
-            handshake(&stranger, &server).await.is_err(),
-            "client of another CA"
-        );
-        // A client trusting another CA refuses our server.
-        let mut distrust = leaf(&d, &ours, "client", "client.test", None);
-        distrust.ca = stranger.ca.clone();
-        assert!(
-            handshake(&distrust, &server).await.is_err(),
-            "server of another CA"
-        );
-    }
-
-    #[test]
-    fn errors_name_the_field_and_the_file() {
-        let d = dir();
-        let ca = ca("ca");
-        let good = leaf(&d, &ca, "a", "a.test", None);
-        let other = leaf(&d, &ca, "b", "b.test", None);
-
-        let mut missing = good.clone();
-        missing.cert = d.0.join("nope.pem");
-        let e = server_acceptor(&missing).unwrap_err().to_string();
-        assert!(
-            e.starts_with("tls.cert (") && e.contains("nope.pem") && e.contains("cannot read"),
-            "{e}"
-        );
-
-        let mut mismatch = good.clone();
-        mismatch.key = other.key.clone();
-        let e = client_connector(&mismatch).unwrap_err();
-        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
-        assert!(
-            e.to_string().contains("b.key") && e.to_string().contains("a.pem"),
-            "{e}"
-        );
-
-        let mut not_a_cert = good.clone();
-        not_a_cert.ca = good.key.clone();
-        let e = server_acceptor(&not_a_cert).unwrap_err().to_string();
-        assert!(
-            e.starts_with("tls.ca (") && e.contains("no certificate"),
-            "{e}"
-        );
-
-        let mut not_a_key = good.clone();
-        not_a_key.key = good.cert.clone();
-        let e = server_acceptor(&not_a_key).unwrap_err().to_string();
-        assert!(
-            e.starts_with("tls.key (") && e.contains("private key"),
-            "{e}"
-        );
-
-        // Relative paths are taken from the base folder.
-        let relative = TlsSettings {
-            cert: PathBuf::from("a.pem"),
-            key: PathBuf::from("a.key"),
-            ca: PathBuf::from("a-ca.pem"),
-            server_name: None,
-        };
-        server_acceptor_in(&relative, &d.0).unwrap();
-        client_connector_in(&relative, &d.0).unwrap();
-    }
-
-    #[tokio::test]
-    async fn over_a_serval_stream() {
-        use serval_stack::driver::Endpoint;
-        use serval_stack::sal::EndpointConfig;
-        use serval_stack::wire::{ServiceId, ServicePrefix};
-
-        let d = dir();
-        let ca = ca("ca");
-        let server = leaf(&d, &ca, "s", "s.test", None);
-        let client = leaf(&d, &ca, "c", "c.test", Some("s.test"));
-        let acceptor = server_acceptor(&server).unwrap();
-        let connector = client_connector(&client).unwrap();
-        let bind =
-            || Endpoint::bind("127.0.0.1:0".parse().unwrap(), EndpointConfig::default()).unwrap();
-        let (a, b) = (bind(), bind());
-        let id = ServiceId::from_u32(0x0700_0001);
-        let listener = b.listen(ServicePrefix::exact(id)).unwrap();
-        let srv = tokio::spawn(async move {
-            let s = listener.accept().await.unwrap();
-            let mut t = acceptor.accept(s).await.unwrap();
-            let mut all = Vec::new();
-            t.read_to_end(&mut all).await.unwrap();
-            t.write_all(&all).await.unwrap();
-            t.shutdown().await.unwrap();
-        });
-        tokio::time::timeout(LIMIT, async {
-            let s = a.connect_to(id, b.local_addr()).await.unwrap();
-            let mut t = connector.connect(s).await.unwrap();
-            let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-            t.write_all(&data).await.unwrap();
-            t.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            t.read_to_end(&mut back).await.unwrap();
-            assert_eq!(back, data);
-            srv.await.unwrap();
-        })
-        .await
-        .expect("tls over serval hangs");
     }
 }

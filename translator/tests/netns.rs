@@ -571,3 +571,94 @@ fn wait_logged(p: &mut Process, what: &str) {
     p.wait_until(what, WAIT, |l| l.contains(what))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// 6. The client translator's host changes address mid-download (its first link goes
+///    down; a second link on another subnet stays): with a wildcard `serval.bind` it
+///    notices (`serval.follow_address`), moves the flow, and curl's single TCP connection
+///    completes byte-exact.
+#[test]
+fn client_translator_follows_its_host_to_a_new_address_mid_download() {
+    if !require_root("translator netns: address following") {
+        return;
+    }
+    const CLI2: &str = "10.51.0.1";
+    let topo = Topology::build("follow");
+    // A second subnet on the same bridge: the router's and server's side answer on it.
+    topo.rtr
+        .exec(&["ip", "addr", "add", "10.51.0.2/24", "dev", "br0"])
+        .expect("rtr second subnet");
+    let srv_link = topo
+        .srv
+        .exec(&["ip", "-o", "route", "get", RTR])
+        .expect("srv route");
+    let srv_dev = srv_link
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .expect("srv dev")
+        .to_owned();
+    topo.srv
+        .exec(&["ip", "route", "add", "10.51.0.0/24", "dev", &srv_dev])
+        .expect("srv route to the second subnet");
+    let second =
+        veth_to_bridge(&topo.cli, &format!("{CLI2}/24"), &topo.rtr, "br0", 1500).expect("link 2");
+
+    let root = topo.web_root("www", "A");
+    let len = 48 * MIB;
+    write_pattern(&root.join("data.bin"), 5, len);
+    let want = pattern_sha256(5, len);
+    let _web = topo.http_server("http-a", &root, 8000);
+    let _router = topo.router();
+    let _server = topo.server(&service("web", &[format!("{SRV}:8000")], ""));
+    let yaml = format!(
+        "serval: {{bind: \"0.0.0.0:{SERVAL_PORT}\", routers: [\"{RTR}:{SERVAL_PORT}\"], address_poll: 100ms}}\n\
+         client:\n  connect_timeout: 10s\n  listeners:\n\
+         \x20   - {{name: web, listen: \"{EXPLICIT}\", service: \"name:web.test\"}}\n"
+    );
+    let mut client = topo.translator(&topo.cli, "client", &yaml, "translator started");
+
+    // A download slow enough to be running when the address changes (16 MiB/s: 3 s).
+    let got = topo.dir.path().join("got.bin");
+    let mut cmd = topo.cli.command("curl");
+    cmd.args([
+        "-sS",
+        "--fail",
+        "--max-time",
+        CURL_LARGE,
+        "--limit-rate",
+        "16M",
+        "-o",
+    ])
+    .arg(&got)
+    .arg(format!("http://{EXPLICIT}/data.bin"));
+    let mut curl = Process::spawn("curl", cmd).expect("spawn curl");
+    let started = wait_until_file_grows(&got, 2 * MIB);
+    assert!(started, "the download did not start");
+
+    // The first link goes down; the second subnet reaches the others on-link.
+    topo.cli
+        .exec(&["ip", "link", "del", &topo.cli_link])
+        .expect("first link down");
+    topo.cli
+        .exec(&["ip", "route", "add", "10.50.0.0/24", "dev", &second])
+        .expect("route over the second link");
+    client
+        .wait_until("the move", WAIT, |l| l.contains("host address changed"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let status = curl.wait_exit(WAIT).expect("curl ends");
+    assert!(status.success(), "curl failed: {}", curl.stderr_text());
+    assert_eq!(fs::metadata(&got).expect("downloaded").len(), len);
+    assert_eq!(file_sha256(&got), want, "downloaded bytes differ");
+}
+
+/// Polls (every 20 ms, at most [`WAIT`]) until `path` holds at least `bytes`.
+fn wait_until_file_grows(path: &Path, bytes: u64) -> bool {
+    for _ in 0..(WAIT.as_millis() / 20) {
+        if fs::metadata(path).is_ok_and(|m| m.len() >= bytes) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

@@ -76,7 +76,7 @@ use crate::sal::{ConnectError, ControlServices, EndpointConfig, EndpointStats, F
 use crate::service_table::ServiceTable;
 use crate::wire::control_msg::Verdict;
 use crate::wire::sal::Protocol;
-use crate::wire::{ServiceId, ServicePrefix};
+use crate::wire::{FlowId, ServiceId, ServicePrefix};
 
 /// Default bound of one listener's accept queue; more completed handshakes are refused.
 pub const DEFAULT_BACKLOG: usize = 1024;
@@ -152,6 +152,28 @@ impl Drop for Handle {
         drop(guard);
         self.shared.notify.notify_one();
     }
+}
+
+/// One live flow as [`Endpoint::flows`] lists it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct FlowInfo {
+    /// The local FlowID (what [`Endpoint::migrate_flow`] takes).
+    pub id: FlowId,
+    /// The ServiceID the flow was opened for.
+    pub service: ServiceId,
+    /// The local address the flow uses (the endpoint's, unless the flow was moved).
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Handshake/teardown state (`request`, `respond`, `connected`, `linger`, `closed`).
+    pub state: &'static str,
+    /// A datagram flow rather than a stream.
+    pub datagram: bool,
+    /// SAL counters.
+    pub stats: crate::sal::FlowStats,
+    /// The reliable stream's counters (bytes, RTT, cwnd); `None` for datagram flows.
+    pub stream: Option<crate::transport::StreamStats>,
 }
 
 /// A Serval endpoint on a UDP socket: open flows ([`connect`](Self::connect)), accept them
@@ -434,6 +456,68 @@ impl Endpoint {
     pub fn migrate(&self, new_local: SocketAddr) {
         self.handle.shared.lock().move_to(new_local);
         self.handle.shared.notify.notify_one();
+    }
+
+    /// Moves one established flow to `new_local` (an address of this host, e.g. a second
+    /// interface): it announces the address to its peer (RSYN) and, once the path is
+    /// validated, sends from it. The other flows stay where they are.
+    ///
+    /// Errors: `NotFound` when no flow has local FlowID `id`, `InvalidInput` when the flow
+    /// is not established (nothing to move yet, or already closing) or `new_local` is of
+    /// another address family than the endpoint's socket.
+    pub fn migrate_flow(&self, id: FlowId, new_local: SocketAddr) -> io::Result<()> {
+        let mut st = self.handle.shared.lock();
+        if new_local.is_ipv4() != st.endpoint.local_addr().is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the new address is of another family than the endpoint's socket",
+            ));
+        }
+        let h = FlowHandle(id);
+        let Some(slot) = st.flows.get_mut(&h) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such flow"));
+        };
+        if !slot.flow.is_established() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the flow is not established",
+            ));
+        }
+        slot.flow.migrate(new_local);
+        st.dirty.push(h);
+        drop(st);
+        self.handle.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Up to `limit` live flows in FlowID order, starting after `after` (pagination for
+    /// operators' listings; a snapshot, taken under the endpoint's lock).
+    pub fn flows(&self, after: Option<FlowId>, limit: usize) -> Vec<FlowInfo> {
+        let st = self.handle.shared.lock();
+        let endpoint_local = st.endpoint.local_addr();
+        let mut ids: Vec<FlowId> = st
+            .flows
+            .keys()
+            .map(|h| h.0)
+            .filter(|id| after.is_none_or(|a| id.get() > a.get()))
+            .collect();
+        ids.sort_unstable_by_key(|id| id.get());
+        ids.truncate(limit);
+        ids.into_iter()
+            .filter_map(|id| {
+                let f = &st.flows.get(&FlowHandle(id))?.flow;
+                Some(FlowInfo {
+                    id,
+                    service: f.service(),
+                    local: f.local_addr().unwrap_or(endpoint_local),
+                    peer: f.peer_addr(),
+                    state: f.state_name(),
+                    datagram: f.is_datagram(),
+                    stats: f.stats(),
+                    stream: f.stream_stats(),
+                })
+            })
+            .collect()
     }
 
     /// Runs `f` on the service table (add FORWARD, DELAY or DROP rules; DEMUX rules belong

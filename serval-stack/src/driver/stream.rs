@@ -63,6 +63,11 @@ impl ServalStream {
         }
     }
 
+    /// The local FlowID (as [`Endpoint::flows`](super::Endpoint::flows) lists it).
+    pub fn flow_id(&self) -> crate::wire::FlowId {
+        self.id.0
+    }
+
     /// The ServiceID the flow was opened for (the one the client asked for).
     pub fn peer_service(&self) -> ServiceId {
         self.service

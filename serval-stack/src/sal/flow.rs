@@ -389,6 +389,24 @@ impl Flow {
         self.service
     }
 
+    /// The local address this flow moved to with [`migrate`](Self::migrate); `None` while
+    /// it uses the endpoint's.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The handshake/teardown state as a short name (`request`, `respond`, `connected`,
+    /// `linger`, `closed`), for operators' listings.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Request => "request",
+            State::Respond => "respond",
+            State::Connected => "connected",
+            State::Linger { .. } => "linger",
+            State::Closed => "closed",
+        }
+    }
+
     /// Whether the handshake has completed and the flow is not closed.
     pub fn is_established(&self) -> bool {
         self.state == State::Connected

@@ -56,6 +56,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::config::model::ListenMode;
@@ -63,6 +64,7 @@ use crate::policy::{ClientPolicy, ListenerIdx, NoNames, SyntheticNames};
 use crate::relay::{
     ACCESS_LOG_TARGET, AccessLog, Gate, Limiter, RelayConfig, abort_tcp, relay_until,
 };
+use crate::tls::{ClientConnector, Leg};
 
 pub use stats::ClientStats;
 use stats::Counters;
@@ -161,6 +163,8 @@ struct Shared {
     limiter: Limiter,
     snapshot: RwLock<Arc<Snapshot>>,
     names: Option<Names>,
+    /// `tls:` of the policy: every flow runs TLS over the Serval stream.
+    tls: Option<ClientConnector>,
     counters: Counters,
     active: watch::Sender<u64>,
     stop: watch::Receiver<bool>,
@@ -240,8 +244,9 @@ pub struct ReloadSummary {
 impl ClientRole {
     /// Binds every listener of `config.client` and starts accepting. `limiter` is the
     /// process-wide connection limit (shared with the server role); `names` is the DNS
-    /// responder's table, when it runs; `stop` ends every relay in progress when it turns
-    /// true (the end of a drain's grace period).
+    /// responder's table, when it runs; `tls` wraps every flow in mutual TLS (the policy's
+    /// `tls:`); `stop` ends every relay in progress when it turns true (the end of a drain's
+    /// grace period).
     ///
     /// Errors: a listener that cannot be bound, named with its address.
     pub fn start(
@@ -249,6 +254,7 @@ impl ClientRole {
         config: &Config,
         limiter: Limiter,
         names: Option<Names>,
+        tls: Option<ClientConnector>,
         stop: watch::Receiver<bool>,
     ) -> io::Result<Self> {
         let Some(snapshot) = Snapshot::new(config, &limiter, None) else {
@@ -262,6 +268,7 @@ impl ClientRole {
             limiter,
             snapshot: RwLock::new(Arc::new(snapshot)),
             names,
+            tls,
             counters: Counters::default(),
             active: watch::Sender::new(0),
             stop,
@@ -434,6 +441,31 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+fn drain_ended() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "drain ended")
+}
+
+/// The access-log line of a connection refused once its service was known.
+fn refused_after_decision(
+    via: &str,
+    peer: SocketAddr,
+    decision: &crate::policy::ClientDecision,
+    reason: &str,
+    error: &io::Error,
+) {
+    tracing::info!(
+        target: ACCESS_LOG_TARGET,
+        role = "client",
+        via = %via,
+        peer = %peer,
+        service = %decision.service,
+        outcome = "connect_failed",
+        reason,
+        error = %error,
+        "connection refused"
+    );
+}
+
 /// Closes `tcp` with a reset.
 fn reset(tcp: TcpStream) {
     // If SO_LINGER cannot be set the socket still closes, with a FIN.
@@ -503,65 +535,67 @@ async fn connection(
     // A proxy must not add Nagle delays to what the client already chose to send.
     let _ = tcp.set_nodelay(true);
 
+    let started = Instant::now();
     let connect = tokio::time::timeout(
         snap.connect_timeout,
         shared.endpoint.connect(decision.service),
     );
     let opened: io::Result<ServalStream> = tokio::select! {
         r = connect => r.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        () = stopped(shared.stop.clone()) => Err(io::Error::new(io::ErrorKind::Interrupted, "drain ended")),
+        () = stopped(shared.stop.clone()) => Err(drain_ended()),
     };
     let mut flow = match opened {
         Ok(f) => f,
         Err(e) => {
             let label = shared.counters.connect_failed(e.kind());
-            tracing::info!(
-                target: ACCESS_LOG_TARGET,
-                role = "client",
-                via = %view.name,
-                peer = %peer,
-                service = %decision.service,
-                outcome = "connect_failed",
-                reason = label,
-                error = %e,
-                "connection refused"
-            );
+            refused_after_decision(&view.name, peer, &decision, label, &e);
             return reset(tcp);
         }
     };
-    // The legacy client's address for the server translator (module docs, step 4).
-    let destination = original.unwrap_or(local);
-    let written = match crate::client_address::preamble(peer, destination) {
-        Ok(p) => tokio::time::timeout(snap.connect_timeout, flow.write_all(&p))
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = written {
-        let label = shared.counters.connect_failed(e.kind());
-        tracing::info!(
-            target: ACCESS_LOG_TARGET,
-            role = "client",
-            via = %view.name,
-            peer = %peer,
-            service = %decision.service,
-            outcome = "connect_failed",
-            reason = label,
-            error = %format_args!("writing the PROXY preamble: {e}"),
-            "connection refused"
-        );
-        flow.abort();
-        return reset(tcp);
-    }
-    shared.counters.relayed();
+    let connect_time = started.elapsed();
     let upstream = flow.peer_addr();
-    let report = relay_until(
-        &mut tcp,
-        &mut flow,
-        &view.relay,
-        stopped(shared.stop.clone()),
-    )
-    .await;
+    let (report, tls_time) = {
+        // The Serval leg (TLS when the policy asks), then the preamble, both bounded by the
+        // connect timeout (module docs, steps 3-4).
+        let handshake = Instant::now();
+        let setup = async {
+            let mut leg = Leg::client(shared.tls.as_ref(), &mut flow)
+                .await
+                .map_err(|e| (e, "tls_failed"))?;
+            let tls_time = shared.tls.as_ref().map(|_| handshake.elapsed());
+            // The legacy client's address for the server translator (module docs, step 4).
+            let p = crate::client_address::preamble(peer, original.unwrap_or(local))
+                .map_err(|e| (e, "preamble_failed"))?;
+            leg.write_all(&p)
+                .await
+                .map_err(|e| (e, "preamble_failed"))?;
+            Ok::<_, (io::Error, &'static str)>((leg, tls_time))
+        };
+        let setup = tokio::select! {
+            r = tokio::time::timeout(snap.connect_timeout, setup) => {
+                r.unwrap_or_else(|_| Err((io::ErrorKind::TimedOut.into(), "setup_timeout")))
+            }
+            () = stopped(shared.stop.clone()) => Err((drain_ended(), "stopped")),
+        };
+        let (mut leg, tls_time) = match setup {
+            Ok(l) => l,
+            Err((e, label)) => {
+                shared.counters.setup_failed(label);
+                refused_after_decision(&view.name, peer, &decision, label, &e);
+                flow.abort();
+                return reset(tcp);
+            }
+        };
+        shared.counters.relayed();
+        let report = relay_until(
+            &mut tcp,
+            &mut leg,
+            &view.relay,
+            stopped(shared.stop.clone()),
+        )
+        .await;
+        (report, tls_time)
+    };
     if !report.outcome.is_clean() {
         flow.abort();
         let _ = abort_tcp(&tcp);
@@ -574,6 +608,8 @@ async fn connection(
         client: None,
         service: Some(decision.service),
         upstream: Some(upstream),
+        connect: Some(connect_time),
+        tls_handshake: tls_time,
         report: &report,
     }
     .emit();

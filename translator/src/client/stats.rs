@@ -39,8 +39,12 @@ pub struct ConnectFailures {
     pub prohibited: u64,
     /// Refused: no instance registered at the router, or nothing listens there.
     pub refused: u64,
-    /// No answer within `client.connect_timeout`.
+    /// No answer within `client.connect_timeout` (connect, TLS handshake and preamble).
     pub timeout: u64,
+    /// The TLS handshake on the flow failed (wrong CA, bad certificate, peer without TLS).
+    pub tls: u64,
+    /// The PROXY preamble could not be written on the flow.
+    pub preamble: u64,
     /// Anything else (flow table full, endpoint stopped).
     pub other: u64,
 }
@@ -101,7 +105,7 @@ pub(super) struct Counters {
     accept_errors: AtomicU64,
     limit: [AtomicU64; 3],
     policy: [AtomicU64; 8],
-    connect: [AtomicU64; 5],
+    connect: [AtomicU64; 7],
     relayed: AtomicU64,
     outcomes: [AtomicU64; 7],
     bytes_to_service: AtomicU64,
@@ -146,6 +150,18 @@ impl Counters {
             _ => 7,
         };
         bump(&self.policy[i]);
+    }
+
+    /// Counts a flow opened but not set up (TLS handshake, preamble; `label` as in
+    /// `client::connection`).
+    pub(super) fn setup_failed(&self, label: &str) {
+        let i = match label {
+            "tls_failed" => 5,
+            "preamble_failed" => 6,
+            "setup_timeout" => 3,
+            _ => 4,
+        };
+        bump(&self.connect[i]);
     }
 
     /// Counts a failed connect; returns its label for the log.
@@ -203,6 +219,8 @@ impl Counters {
                 refused: get(&c[2]),
                 timeout: get(&c[3]),
                 other: get(&c[4]),
+                tls: get(&c[5]),
+                preamble: get(&c[6]),
             },
             relayed: get(&self.relayed),
             outcomes: Outcomes {

@@ -172,6 +172,8 @@ pub struct Secrets {
     pub serval_key: Option<(u32, SharedKey)>,
     /// `router.keys`, with their ids.
     pub router_keys: Vec<(u32, SharedKey)>,
+    /// `tls:`, its files read and checked.
+    pub tls: Option<crate::tls::TlsPair>,
 }
 
 impl fmt::Debug for Secrets {
@@ -186,6 +188,7 @@ impl fmt::Debug for Secrets {
                     .map(|(id, _)| id)
                     .collect::<Vec<_>>(),
             )
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -656,13 +659,17 @@ pub fn preflight(loaded: &Loaded, base: &Path, env: &dyn Env) -> Result<Secrets,
         }
     }
     if let Some(tls) = &config.tls {
-        for (field, p) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
-            let full = resolve(base, p);
-            if let Err(e) = std::fs::File::open(&full) {
-                fail(
-                    format!("tls.{field}"),
-                    format!("cannot open {}: {e}", full.display()),
-                );
+        match crate::tls::TlsPair::load(tls, base) {
+            Ok(pair) => secrets.tls = Some(pair),
+            Err(e) => {
+                // The error names its field; the problem line names it already.
+                let field = e.field();
+                let message = e.to_string();
+                let message = message
+                    .strip_prefix(&field)
+                    .unwrap_or(&message)
+                    .trim_start();
+                fail(field, message.to_owned());
             }
         }
     }
@@ -688,7 +695,8 @@ pub fn preflight(loaded: &Loaded, base: &Path, env: &dyn Env) -> Result<Secrets,
     })
 }
 
-fn resolve(base: &Path, p: &Path) -> PathBuf {
+/// `p`, relative to `base` unless absolute (policy paths are taken from the policy's folder).
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
     } else {

@@ -137,6 +137,15 @@ pub struct ServalSettings {
     /// Most flows at once (established and half-open); further SYNs are dropped and
     /// counted. Default 65 536.
     pub max_flows: u32,
+    /// Follow the host's address: with a wildcard `bind` and no `advertise`, check every
+    /// `address_poll` which source address the host uses towards the routers, and when it
+    /// changes (an interface went down, DHCP renumbered, the VM moved) move every flow and
+    /// registration to it at once (RSYN), instead of waiting for peers to notice. Default
+    /// true.
+    pub follow_address: bool,
+    /// How often `follow_address` checks (a route lookup, no packet is sent). Default 1 s;
+    /// 100 ms to 1 h.
+    pub address_poll: HumanDuration,
 }
 
 impl Default for ServalSettings {
@@ -150,6 +159,8 @@ impl Default for ServalSettings {
             peer_timeout: HumanDuration::secs(300),
             max_udp_payload: 1452,
             max_flows: 65_536,
+            follow_address: true,
+            address_poll: HumanDuration::secs(1),
         }
     }
 }
@@ -728,6 +739,18 @@ pub struct TlsSettings {
     /// Name expected in the peer's certificate (SAN); default: any name under `ca`.
     #[serde(default)]
     pub server_name: Option<String>,
+}
+
+impl TlsSettings {
+    /// `cert` and `key` of this translator, peers under `ca`, any name.
+    pub fn new(cert: PathBuf, key: PathBuf, ca: PathBuf) -> Self {
+        Self {
+            cert,
+            key,
+            ca,
+            server_name: None,
+        }
+    }
 }
 
 /// Admin HTTP endpoint.

@@ -308,10 +308,15 @@ fn missing_tls_files_are_reported() {
         "router: {routes: [{prefix: default, forward: \"192.0.2.1:1\"}]}\ntls: {cert: c.pem, key: k.pem, ca: ca.pem}\n",
     )
     .unwrap();
-    std::fs::write(dir.0.join("c.pem"), "x").unwrap();
+    // The files are read and parsed at load: the first one that cannot be used is named.
     let err = load_file(&policy, &no_env()).unwrap_err();
     let fields: Vec<&str> = err.problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, vec!["tls.key", "tls.ca"]);
+    assert_eq!(fields, vec!["tls.cert"], "{err}");
+    assert!(err.problems[0].message.contains("cannot read"), "{err}");
+    std::fs::write(dir.0.join("c.pem"), "x").unwrap();
+    let err = load_file(&policy, &no_env()).unwrap_err();
+    assert_eq!(err.problems[0].field, "tls.cert", "{err}");
+    assert!(err.problems[0].message.contains("no certificate"), "{err}");
     // Parsing alone (check-config --skip-files) accepts it.
     assert!(parse_file(&policy, &no_env()).is_ok());
 }

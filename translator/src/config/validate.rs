@@ -7,6 +7,7 @@
 //! refuse at start.
 
 use core::net::SocketAddr;
+use core::time::Duration;
 use std::collections::{HashMap, HashSet};
 
 use serval_stack::control::{DelayConfig, RegistryConfig};
@@ -122,6 +123,11 @@ fn check_serval(config: &Config, out: &mut Issues) {
             "serval.advertise",
             "must be a concrete address peers can reach (not 0.0.0.0, not port 0)",
         );
+    }
+    if s.follow_address
+        && !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&s.address_poll.0)
+    {
+        out.add("serval.address_poll", "must be 100ms to 1h");
     }
     let mut seen = HashSet::new();
     for (i, r) in s.routers.iter().enumerate() {

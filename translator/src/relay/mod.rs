@@ -16,6 +16,7 @@ pub mod copy;
 pub mod limit;
 
 use core::net::SocketAddr;
+use core::time::Duration;
 
 use serval_stack::wire::ServiceId;
 
@@ -40,6 +41,11 @@ pub struct AccessLog<'a> {
     pub service: Option<ServiceId>,
     /// Where the translator connected (backend address, or the Serval peer that answered).
     pub upstream: Option<SocketAddr>,
+    /// Time to open the upstream: the Serval connect (client role) or the backend's TCP
+    /// connect, retries included (server role).
+    pub connect: Option<Duration>,
+    /// Time of the TLS handshake on the Serval leg, when `tls` is on.
+    pub tls_handshake: Option<Duration>,
     /// What the relay did.
     pub report: &'a RelayReport,
 }
@@ -63,7 +69,9 @@ impl AccessLog<'_> {
             upstream = self.upstream.map(tracing::field::display),
             bytes_in = r.inbound_to_outbound,
             bytes_out = r.outbound_to_inbound,
-            duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+            duration_ms = millis(r.duration),
+            connect_ms = self.connect.map(millis),
+            tls_ms = self.tls_handshake.map(millis),
             outcome = r.outcome.label(),
             error = error_kind,
             "connection closed"
@@ -71,11 +79,16 @@ impl AccessLog<'_> {
     }
 }
 
+/// Whole milliseconds, saturating (a log field).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Makes the kernel answer with a reset when `stream` is dropped (`SO_LINGER` 0), instead
 /// of a FIN that would tell the peer the stream ended normally. Use it on the side still
 /// open when the other side was reset or the relay timed out.
 pub fn abort_tcp(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
-    socket2::SockRef::from(stream).set_linger(Some(core::time::Duration::ZERO))
+    socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
 }
 
 #[cfg(test)]

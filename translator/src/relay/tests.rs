@@ -409,6 +409,8 @@ fn the_access_log_is_one_structured_json_line() {
             client: None,
             service: Some(ServiceId::from_u32(16385)),
             upstream: None,
+            connect: Some(Duration::from_millis(3)),
+            tls_handshake: None,
             report: &report,
         }
         .emit();
@@ -423,6 +425,7 @@ fn the_access_log_is_one_structured_json_line() {
         "\"bytes_in\":10",
         "\"bytes_out\":2048",
         "\"duration_ms\":1500",
+        "\"connect_ms\":3",
         "\"outcome\":\"error_outbound\"",
         "\"error\":\"timed out\"",
     ] {

@@ -37,6 +37,7 @@
 //! `stopped`) and the process exits 0. A second signal during the drain ends it at once.
 
 pub mod endpoint;
+mod follow;
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -205,6 +206,8 @@ pub struct Translator {
     server: Option<Task>,
     dns: Option<Task>,
     events: Task,
+    /// `serval.follow_address`, when it applies (aborted when the translator is dropped).
+    _follow: Option<Task>,
     exits: mpsc::UnboundedReceiver<RoleExit>,
     default_routes: Vec<SocketAddr>,
     server_counters: Arc<ServerCounters>,
@@ -254,9 +257,12 @@ impl Translator {
                     )
                     .map_err(StartError::Registrant)?;
             }
-            let options = ServeOptions::new()
+            let mut options = ServeOptions::new()
                 .limiter(limiter.clone())
                 .counters(server_counters.clone());
+            if let Some(tls) = &secrets.tls {
+                options = options.tls(tls.server.clone());
+            }
             let serve = server::serve_with(
                 endpoint.clone(),
                 config_tx.subscribe(),
@@ -283,12 +289,28 @@ impl Translator {
                 dns = Some(supervised("dns", exit_tx.clone(), serve));
             }
             client = Some(
-                ClientRole::start(endpoint.clone(), &config, limiter, names, stop_rx)
-                    .map_err(StartError::Client)?,
+                ClientRole::start(
+                    endpoint.clone(),
+                    &config,
+                    limiter,
+                    names,
+                    secrets.tls.as_ref().map(|t| t.client.clone()),
+                    stop_rx,
+                )
+                .map_err(StartError::Client)?,
             );
         }
 
         let events = Task::spawn(log_events(endpoint.clone()));
+        let s = &config.serval;
+        let follow = (s.follow_address && s.bind.ip().is_unspecified() && s.advertise.is_none())
+            .then(|| {
+                Task::spawn(follow::follow(
+                    endpoint.clone(),
+                    follow::targets(&s.routers, s.bind),
+                    s.address_poll.0,
+                ))
+            });
         let t = Self {
             endpoint,
             config: config_tx,
@@ -299,6 +321,7 @@ impl Translator {
             server,
             dns,
             events,
+            _follow: follow,
             exits,
             default_routes,
             server_counters,
@@ -597,6 +620,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         "serval.max_udp_payload",
     );
     check(a.max_flows != b.max_flows, "serval.max_flows");
+    check(
+        a.follow_address != b.follow_address || a.address_poll != b.address_poll,
+        "serval.follow_address",
+    );
     check(
         old.relay.max_connections != new.relay.max_connections,
         "relay.max_connections",

@@ -33,6 +33,7 @@ use crate::client_address::{self, PreambleError, Start};
 use crate::config::model::ProxyProtocol;
 use crate::policy::ServerDecision;
 use crate::relay::{ACCESS_LOG_TARGET, AccessLog, Gate, LimitRefusal, Limiter, relay_until};
+use crate::tls::{Leg, ServerAcceptor};
 
 /// What every flow task shares.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub(crate) struct FlowContext {
     pub(crate) counters: Arc<ServerCounters>,
     /// Turns true at the end of a drain's grace period: relays stop, connects give up.
     pub(crate) stop: watch::Receiver<bool>,
+    /// The policy's `tls:`: every flow must open with a TLS handshake.
+    pub(crate) tls: Option<ServerAcceptor>,
 }
 
 /// Where a flow's backend connection goes.
@@ -105,9 +108,33 @@ pub(crate) async fn serve_flow(
         }
     };
 
+    // TLS first when the policy asks (bounded like the preamble), then the start of the flow.
+    let handshake = Instant::now();
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(plan.connect_timeout, Leg::server(ctx.tls.as_ref(), &mut serval)) => {
+            r.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        }
+        () = stopped(ctx.stop.clone()) => Err(io::Error::new(io::ErrorKind::Interrupted, "draining: stopped")),
+    };
+    let mut leg = match accepted {
+        Ok(l) => l,
+        Err(e) => {
+            ServerCounters::bump(&ctx.counters.tls_failures);
+            refused(
+                &serval,
+                peer,
+                &service,
+                plan.via,
+                "tls_failed",
+                &e.to_string(),
+            );
+            return;
+        }
+    };
+    let tls_time = ctx.tls.as_ref().map(|_| handshake.elapsed());
     // The start of the flow: a client translator's preamble, or a native client's bytes.
     let start = tokio::select! {
-        s = client_address::read(&mut serval, plan.connect_timeout) => s,
+        s = client_address::read(&mut leg, plan.connect_timeout) => s,
         () = stopped(ctx.stop.clone()) => Err(PreambleError::Io(io::Error::new(io::ErrorKind::Interrupted, "draining: stopped"))),
     };
     let (carried, first_bytes) = match start {
@@ -128,12 +155,20 @@ pub(crate) async fn serve_flow(
                 }
             };
             ServerCounters::bump(c);
-            refused(&serval, peer, &service, plan.via, e.label(), &e.to_string());
+            refused(
+                leg.stream(),
+                peer,
+                &service,
+                plan.via,
+                e.label(),
+                &e.to_string(),
+            );
             return;
         }
     };
     let client = carried.map(|(c, _)| c);
 
+    let started = Instant::now();
     let connected = tokio::select! {
         c = connect(&plan, peer, &ctx.counters) => c,
         () = stopped(ctx.stop.clone()) => Err(io::Error::new(io::ErrorKind::Interrupted, "draining: stopped")),
@@ -147,7 +182,7 @@ pub(crate) async fn serve_flow(
         Err(e) => {
             ServerCounters::bump(&ctx.counters.no_backend);
             refused(
-                &serval,
+                leg.stream(),
                 peer,
                 &service,
                 plan.via,
@@ -167,7 +202,7 @@ pub(crate) async fn serve_flow(
                 ServerCounters::bump(&ctx.counters.proxy_header_failures);
                 let _ = crate::relay::abort_tcp(&tcp);
                 refused(
-                    &serval,
+                    leg.stream(),
                     peer,
                     &service,
                     plan.via,
@@ -181,7 +216,7 @@ pub(crate) async fn serve_flow(
             ServerCounters::bump(&ctx.counters.proxy_header_failures);
             let _ = crate::relay::abort_tcp(&tcp);
             refused(
-                &serval,
+                leg.stream(),
                 peer,
                 &service,
                 plan.via,
@@ -192,13 +227,14 @@ pub(crate) async fn serve_flow(
         }
     }
 
+    let connect_time = started.elapsed();
     if !first_bytes.is_empty() {
         let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&first_bytes)).await;
         if !matches!(written, Ok(Ok(()))) {
             ServerCounters::bump(&ctx.counters.outcome_error_outbound);
             let _ = crate::relay::abort_tcp(&tcp);
             refused(
-                &serval,
+                leg.stream(),
                 peer,
                 &service,
                 plan.via,
@@ -212,7 +248,7 @@ pub(crate) async fn serve_flow(
 
     ServerCounters::bump(&ctx.counters.relayed);
     let report = relay_until(
-        &mut serval,
+        &mut leg,
         &mut tcp,
         &generation.relay,
         stopped(ctx.stop.clone()),
@@ -222,7 +258,7 @@ pub(crate) async fn serve_flow(
         // Reset both sides: the one still open must not take a truncated stream for a
         // complete one (a FIN would say "done").
         let _ = crate::relay::abort_tcp(&tcp);
-        serval.abort();
+        leg.stream().abort();
     }
     ctx.counters.outcome(&report.outcome);
     ServerCounters::add(&ctx.counters.bytes_to_backends, report.inbound_to_outbound);
@@ -237,6 +273,8 @@ pub(crate) async fn serve_flow(
         client,
         service: Some(service),
         upstream: Some(addr),
+        connect: Some(connect_time),
+        tls_handshake: tls_time,
         report: &report,
     }
     .emit();

@@ -102,6 +102,7 @@ pub struct ServeOptions {
     limiter: Option<Limiter>,
     resolver: Option<Arc<dyn Resolve>>,
     counters: Option<Arc<ServerCounters>>,
+    tls: Option<crate::tls::ServerAcceptor>,
 }
 
 impl ServeOptions {
@@ -130,6 +131,14 @@ impl ServeOptions {
     #[must_use]
     pub fn counters(mut self, counters: Arc<ServerCounters>) -> Self {
         self.counters = Some(counters);
+        self
+    }
+
+    /// Runs mutual TLS on every accepted flow (the policy's `tls:`): a client translator
+    /// without TLS, or with a certificate not under the CA, is refused.
+    #[must_use]
+    pub fn tls(mut self, acceptor: crate::tls::ServerAcceptor) -> Self {
+        self.tls = Some(acceptor);
         self
     }
 }
@@ -176,6 +185,7 @@ pub async fn serve_with(
         limiter: limiter.clone(),
         counters: counters.clone(),
         stop: stop_rx,
+        tls: options.tls,
     });
     let mut flows: JoinSet<()> = JoinSet::new();
     let mut config_open = true;

@@ -66,6 +66,9 @@ counters! {
     no_backend,
     /// Flows whose PROXY protocol header could not be written.
     proxy_header_failures,
+    /// Flows refused because the TLS handshake failed (no TLS, certificate not under the
+    /// CA, timeout).
+    tls_failures,
     /// Flows that started with a client translator's PROXY v2 preamble (stripped).
     preambles,
     /// Flows refused for their preamble: declared too long (above 512 bytes).
