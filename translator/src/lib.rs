@@ -5,6 +5,7 @@
 //! | [`config`] | policy files: YAML → typed, validated model; env overrides; located errors |
 //! | [`policy`] | pure mapping decisions over a valid policy (client: connection → ServiceID; server: ServiceID → backend pool or cross-translated address) |
 //! | [`relay`] | bidirectional copy with half-close, idle timeouts, bounded buffers, accounting; connection limits |
+//! | [`admin`], [`metrics`] | the admin HTTP API (metrics, health, readiness, services, flows, reload, drain); Prometheus metrics |
 //! | [`run`] | `serval-translator run`: every role of a policy on one Serval endpoint; reload (SIGHUP) and drain (SIGTERM) |
 //! | [`client`] | client role: TCP listeners (explicit, REDIRECT, TPROXY) → Serval flows |
 //! | [`client_address`] | the legacy client's address, carried client → server translator in a PROXY v2 preamble |
@@ -14,6 +15,7 @@
 
 #![cfg_attr(not(test), warn(missing_docs))]
 
+pub mod admin;
 pub mod client;
 pub mod client_address;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod demo;
 pub mod dns;
 pub mod ids;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod relay;
 pub mod report;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use translator::config::model::LogSettings;
-use translator::config::types::ByteSize;
+use translator::config::types::{ByteSize, HumanDuration};
 use translator::config::{self, ENV_OVERRIDES, ProcessEnv};
 use translator::ids::{IdInput, describe};
 
@@ -73,6 +73,27 @@ enum Command {
         #[arg(long, default_value = "16MiB", value_name = "SIZE")]
         upload: ByteSize,
     },
+    /// Ask a running translator to drain (POST /drain on its admin API), like SIGTERM.
+    ///
+    /// For Kubernetes' preStop hook: with --wait, returns once the translator has no
+    /// connection left (GET /flows reports 0 active) or is gone, at most --timeout. Exit 0
+    /// on success, 2 when the API refused or could not be reached, or the wait timed out.
+    Drain {
+        /// The admin API (default: $SERVAL_ADMIN_LISTEN, else 127.0.0.1:9901; a wildcard
+        /// address is reached on loopback).
+        #[arg(long, value_name = "IP:PORT")]
+        admin: Option<SocketAddr>,
+        /// Environment variable holding the admin token, sent as a bearer token when set
+        /// (loopback needs none).
+        #[arg(long, value_name = "VAR", default_value = "SERVAL_ADMIN_TOKEN")]
+        token_env: String,
+        /// Wait until the connections are gone or the process exited.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait (with --wait), e.g. 30s, 2m.
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        timeout: HumanDuration,
+    },
     /// Show every form of a ServiceID: from text, a legacy address or a DNS name.
     ServiceId {
         /// An id or prefix: 64 hex digits, `0x<hex>` or `<decimal>` (each optionally with
@@ -94,6 +115,7 @@ enum Command {
 fn env_help() -> String {
     let mut s = String::from("Environment overrides (applied after the policy file):\n");
     s.push_str("  SERVAL_CONFIG         policy file when none is given\n");
+    s.push_str("  SERVAL_ADMIN_TOKEN    admin API bearer token (wins over admin.token)\n");
     for o in ENV_OVERRIDES {
         s.push_str(&format!("  {:<21} {} ({})\n", o.var, o.field, o.syntax));
     }
@@ -144,6 +166,12 @@ fn main() -> ExitCode {
             summary,
         } => check_config(file, skip_files, summary),
         Command::Run { config } => run(config),
+        Command::Drain {
+            admin,
+            token_env,
+            wait,
+            timeout,
+        } => drain(admin, &token_env, wait, timeout.0),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -216,6 +244,87 @@ fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     result.map_err(|e| match e {
         translator::run::RunError::Config(e) => Failure::Config(e.render()),
         other => Failure::Other(other.to_string()),
+    })
+}
+
+/// Default admin address of `drain` (the policy's default).
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+fn drain(
+    admin: Option<SocketAddr>,
+    token_env: &str,
+    wait: bool,
+    timeout: core::time::Duration,
+) -> Result<(), Failure> {
+    use core::time::Duration;
+    use translator::admin::client::request;
+    let mut addr = match admin {
+        Some(a) => a,
+        None => std::env::var("SERVAL_ADMIN_LISTEN")
+            .ok()
+            .filter(|v| !v.is_empty() && v != "off")
+            .unwrap_or_else(|| DEFAULT_ADMIN.to_owned())
+            .parse()
+            .map_err(|e| Failure::Other(format!("SERVAL_ADMIN_LISTEN: {e}")))?,
+    };
+    if addr.ip().is_unspecified() {
+        let lo: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        addr.set_ip(lo);
+    }
+    let token = std::env::var(token_env)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let rt = runtime()?;
+    rt.block_on(async {
+        let step = Duration::from_secs(10).min(timeout.max(Duration::from_secs(1)));
+        let answer = request(
+            addr,
+            hyper::Method::POST,
+            "/drain",
+            token.as_deref(),
+            b"",
+            step,
+        )
+        .await
+        .map_err(|e| Failure::Other(format!("admin API at {addr}: {e}")))?;
+        if answer.status != 202 && answer.status != 200 {
+            return Err(Failure::Other(format!(
+                "admin API at {addr} refused the drain: {} {}",
+                answer.status,
+                answer.body.trim()
+            )));
+        }
+        if !wait {
+            print(format!("draining ({addr})\n"));
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Failure::Other(format!("still draining after {timeout:?}")));
+            }
+            match request(addr, hyper::Method::GET, "/flows?limit=1", None, b"", step).await {
+                // Gone: the drain finished and the process exited.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                Err(_) => {}
+                Ok(a) => {
+                    let active = serde_json::from_str::<serde_json::Value>(&a.body)
+                        .ok()
+                        .and_then(|v| Some(v.get("active")?.as_u64()? + v.get("total")?.as_u64()?));
+                    if active == Some(0) {
+                        break;
+                    }
+                }
+            }
+        }
+        print(format!("drained ({addr})\n"));
+        Ok(())
     })
 }
 

@@ -9,7 +9,7 @@ use crate::relay::{LimitRefusal, Outcome, RelayReport};
 
 /// Connections refused by the mapping policy, by [`Refusal::label`].
 #[non_exhaustive]
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyRefusals {
     /// The listener is no longer in the policy (a reload removed it mid-accept).
     pub unknown_listener: u64,
@@ -31,7 +31,7 @@ pub struct PolicyRefusals {
 
 /// Opening the Serval flow failed, by cause.
 #[non_exhaustive]
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectFailures {
     /// No rule resolves the ServiceID (no router configured, no default route).
     pub no_route: u64,
@@ -51,7 +51,7 @@ pub struct ConnectFailures {
 
 /// How relayed connections ended, by [`Outcome`].
 #[non_exhaustive]
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Outcomes {
     /// Both directions finished cleanly.
     pub finished: u64,
@@ -71,7 +71,7 @@ pub struct Outcomes {
 
 /// A snapshot of the client role's counters.
 #[non_exhaustive]
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ClientStats {
     /// Connections accepted from the listeners.
     pub accepted: u64,
@@ -235,6 +235,27 @@ impl Counters {
             bytes_to_service: get(&self.bytes_to_service),
             bytes_to_client: get(&self.bytes_to_client),
         }
+    }
+}
+
+/// Reads the client role's counters from elsewhere (the admin API's scrapes) without
+/// keeping the role alive: once the role is gone, [`snapshot`](Self::snapshot) is `None`.
+#[derive(Clone, Debug)]
+pub struct StatsHandle(std::sync::Weak<super::Shared>);
+
+impl StatsHandle {
+    /// The counters now, while the role exists.
+    pub fn snapshot(&self) -> Option<ClientStats> {
+        self.0
+            .upgrade()
+            .map(|s| s.counters.snapshot(*s.active.borrow()))
+    }
+}
+
+impl super::ClientRole {
+    /// A [`StatsHandle`] on this role's counters.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(std::sync::Arc::downgrade(&self.shared))
     }
 }
 

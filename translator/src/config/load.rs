@@ -174,6 +174,8 @@ pub struct Secrets {
     pub router_keys: Vec<(u32, SharedKey)>,
     /// `tls:`, its files read and checked.
     pub tls: Option<crate::tls::TlsPair>,
+    /// The admin API's bearer token: [`ADMIN_TOKEN_ENV`], else `admin.token`.
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl fmt::Debug for Secrets {
@@ -189,6 +191,7 @@ impl fmt::Debug for Secrets {
                     .collect::<Vec<_>>(),
             )
             .field("tls", &self.tls.is_some())
+            .field("admin_token", &self.admin_token.is_some())
             .finish()
     }
 }
@@ -673,6 +676,10 @@ pub fn preflight(loaded: &Loaded, base: &Path, env: &dyn Env) -> Result<Secrets,
             }
         }
     }
+    match admin_token(config, base, env) {
+        Ok(t) => secrets.admin_token = t,
+        Err(m) => fail("admin.token".to_owned(), m),
+    }
     if problems.is_empty() {
         return Ok(secrets);
     }
@@ -702,6 +709,48 @@ pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
+}
+
+/// Environment variable holding the admin API's bearer token; it wins over `admin.token`.
+pub const ADMIN_TOKEN_ENV: &str = "SERVAL_ADMIN_TOKEN";
+
+/// The admin token: [`ADMIN_TOKEN_ENV`] when set and not empty, else `admin.token`'s source.
+fn admin_token(
+    config: &Config,
+    base: &Path,
+    env: &dyn Env,
+) -> Result<Option<crate::admin::AdminToken>, String> {
+    let text = match env.var(ADMIN_TOKEN_ENV) {
+        Some(Ok(v)) if !v.trim().is_empty() => v,
+        Some(Err(())) => {
+            return Err(format!(
+                "environment variable {ADMIN_TOKEN_ENV} is not UTF-8"
+            ));
+        }
+        _ => match config.admin.token.as_ref() {
+            None => return Ok(None),
+            Some(t) => match (&t.file, &t.env) {
+                (Some(file), None) => {
+                    use std::io::Read as _;
+                    let full = resolve(base, file);
+                    let mut s = String::new();
+                    std::fs::File::open(&full)
+                        .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut s))
+                        .map_err(|e| format!("cannot read token file {}: {e}", full.display()))?;
+                    s
+                }
+                (None, Some(var)) => match env.var(var) {
+                    Some(Ok(v)) => v,
+                    Some(Err(())) => {
+                        return Err(format!("environment variable {var} is not UTF-8"));
+                    }
+                    None => return Err(format!("environment variable {var} is not set")),
+                },
+                _ => return Err("give exactly one of `file` and `env`".to_owned()),
+            },
+        },
+    };
+    crate::admin::AdminToken::new(text.trim()).map(Some)
 }
 
 /// Longest key file read: 64 bytes of key as hex plus generous whitespace.

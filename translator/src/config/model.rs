@@ -761,14 +761,34 @@ pub struct AdminSettings {
     /// Address of /metrics, /healthz, /readyz and the drain endpoint. Default
     /// `127.0.0.1:9901` (loopback: it can drain the process); `~` turns it off.
     pub listen: Option<SocketAddr>,
+    /// Bearer token that authorizes POSTs (reload, drain, DELAY verdicts, flow moves) from
+    /// peers other than loopback: `{env: VAR}` or `{file: path}`, never the token itself.
+    /// Without it (and without `SERVAL_ADMIN_TOKEN` in the environment) only loopback
+    /// peers may POST. At least 16 characters.
+    pub token: Option<TokenSource>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9901))),
+            token: None,
         }
     }
+}
+
+/// Where the admin token comes from: a file (a mounted secret) or an environment variable.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TokenSource {
+    /// File holding the token (surrounding whitespace ignored). Relative paths are taken
+    /// from the policy file's folder.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Environment variable holding the token.
+    #[serde(default)]
+    pub env: Option<String>,
 }
 
 /// Log output format.

@@ -14,7 +14,7 @@ use serval_stack::control::{DelayConfig, RegistryConfig};
 
 use super::model::{
     Balance, ClientRole, Config, KeySource, ListenMode, MapRule, RouterRole, SCHEMA_VERSION,
-    ServerRole,
+    ServerRole, TokenSource,
 };
 
 /// One problem: the field's path and what is wrong with it.
@@ -74,6 +74,9 @@ pub fn check(config: &Config) -> Vec<Issue> {
         check_router(router, &mut out);
     }
     check_addresses(config, &mut out);
+    if let Some(t) = &config.admin.token {
+        check_token_source(t, &mut out);
+    }
     if let Err(e) = config.log.level.parse::<tracing_subscriber::EnvFilter>() {
         out.add("log.level", format!("invalid log filter: {e}"));
     }
@@ -100,6 +103,20 @@ fn check_key(field: &str, k: &KeySource, out: &mut Issues) {
                 format!("{field}.env"),
                 "not a valid environment variable name",
             );
+        }
+        _ => {}
+    }
+}
+
+fn check_token_source(t: &TokenSource, out: &mut Issues) {
+    match (&t.file, &t.env) {
+        (Some(_), Some(_)) => out.add("admin.token", "give either `file` or `env`, not both"),
+        (None, None) => out.add(
+            "admin.token",
+            "give `file` (a file holding the token) or `env` (a variable holding it)",
+        ),
+        (None, Some(var)) if var.is_empty() || var.contains('=') || var.contains('\0') => {
+            out.add("admin.token.env", "not a valid environment variable name");
         }
         _ => {}
     }
@@ -598,7 +615,9 @@ fn check_addresses(config: &Config, out: &mut Issues) {
 /// Whether binding both would fail: same port, and the same IP or either a wildcard of the
 /// same family.
 fn collide(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
+    // Port 0 asks the kernel for a free port: two of them never collide.
+    a.port() != 0
+        && a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }

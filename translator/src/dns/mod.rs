@@ -79,7 +79,7 @@ macro_rules! counters {
 
         /// A snapshot of the responder's counters.
         #[non_exhaustive]
-        #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
         pub struct DnsStats {
             $($(#[doc = $doc])+ pub $name: u64,)*
         }

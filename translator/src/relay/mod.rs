@@ -52,8 +52,11 @@ pub struct AccessLog<'a> {
 
 impl AccessLog<'_> {
     /// Emits the line at INFO on target [`ACCESS_LOG_TARGET`]; with the JSON log format
-    /// every field is a JSON field.
+    /// every field is a JSON field. Records the connect, TLS-handshake and relay durations
+    /// in their histograms too (`crate::metrics`; recorded even when the access log is
+    /// filtered out).
     pub fn emit(&self) {
+        crate::metrics::record_access(self);
         let r = self.report;
         let error_kind = match r.outcome {
             Outcome::Error(_, kind) => Some(kind.to_string()),

@@ -98,10 +98,14 @@ pub(crate) async fn follow(endpoint: Endpoint, targets: Vec<SocketAddr>, poll: D
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let before = follower.current;
         if let Some(ip) = follower.observe(probe(&targets)) {
-            let old = endpoint.local_addr();
-            let new = SocketAddr::new(ip, old.port());
-            tracing::info!(from = %old, to = %new, "host address changed; moving flows and registrations");
+            let new = SocketAddr::new(ip, endpoint.local_addr().port());
+            tracing::info!(
+                from = before.map(tracing::field::display),
+                to = %new,
+                "host address changed; moving flows and registrations"
+            );
             endpoint.migrate(new);
         }
     }

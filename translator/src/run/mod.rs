@@ -51,6 +51,7 @@ use serval_stack::wire::ServicePrefix;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminContext, AdminServer};
 use crate::client::{ClientRole, ClientStats, Names, ReloadSummary};
 use crate::config::{self, Config, ConfigError, Env, Loaded, Secrets};
 use crate::dns::{DnsCounters, DnsOptions, DnsStats};
@@ -108,6 +109,14 @@ pub enum StartError {
     /// A client listener could not be bound.
     #[error("{0}")]
     Client(io::Error),
+    /// The admin API could not listen on `admin.listen`.
+    #[error("admin API on {addr}: {source}")]
+    Admin {
+        /// `admin.listen`.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// Why a reload was refused (the running policy stays).
@@ -168,6 +177,16 @@ struct RoleExit {
     result: io::Result<()>,
 }
 
+impl RoleExit {
+    fn describe(&self) -> String {
+        let role = self.role;
+        match &self.result {
+            Ok(()) => format!("{role} role stopped unexpectedly"),
+            Err(e) => format!("{role} role failed: {e}"),
+        }
+    }
+}
+
 /// Aborts a background task when dropped (spawned tasks otherwise outlive their owner).
 #[derive(Debug)]
 struct Task(Option<JoinHandle<()>>);
@@ -213,6 +232,8 @@ pub struct Translator {
     server_counters: Arc<ServerCounters>,
     dns_counters: Arc<DnsCounters>,
     source: String,
+    admin: Option<AdminServer>,
+    admin_requests: mpsc::Receiver<admin::Request>,
 }
 
 impl Translator {
@@ -301,6 +322,33 @@ impl Translator {
             );
         }
 
+        // The admin API: started last, so it only ever sees a started translator.
+        let (requests, admin_requests) = mpsc::channel(4);
+        let admin = match config.admin.listen {
+            Some(addr) => {
+                let mut cx = AdminContext {
+                    config: config_tx.subscribe(),
+                    draining: drain_tx.subscribe(),
+                    requests,
+                    endpoint: endpoint.clone(),
+                    client: client.as_ref().map(ClientRole::stats_handle),
+                    server: Some(server_counters.clone()),
+                    dns: Some(dns_counters.clone()),
+                    router: router.clone(),
+                    token: secrets.admin_token.clone(),
+                };
+                cx.server = cx.server.filter(|_| config.server.is_some());
+                Some(
+                    AdminServer::start(addr, cx)
+                        .map_err(|source| StartError::Admin { addr, source })?,
+                )
+            }
+            None => {
+                crate::metrics::install();
+                None
+            }
+        };
+
         let events = Task::spawn(log_events(endpoint.clone()));
         let s = &config.serval;
         let follow = (s.follow_address && s.bind.ip().is_unspecified() && s.advertise.is_none())
@@ -327,6 +375,8 @@ impl Translator {
             server_counters,
             dns_counters,
             source: loaded.source,
+            admin,
+            admin_requests,
         };
         t.log_started();
         Ok(t)
@@ -342,9 +392,15 @@ impl Translator {
             routers = ?config.serval.routers,
             "translator started"
         );
-        if config.admin.listen.is_some() {
-            tracing::info!("admin API: not in this build (admin.listen is ignored)");
+        if let Some(a) = &self.admin {
+            tracing::info!(listen = %a.local_addr(), "admin API listening");
         }
+    }
+
+    /// The admin API's bound address, when `admin.listen` is on (with port 0, the port the
+    /// kernel chose).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The policy in force.
@@ -390,17 +446,7 @@ impl Translator {
     /// Whether every prefix of the server role is registered with every router in
     /// `serval.routers` (true when there is nothing to register).
     pub fn registered(&self) -> bool {
-        let config = self.config();
-        let Some(server) = &config.server else {
-            return true;
-        };
-        let policy = ServerPolicy::new(server);
-        config.serval.routers.iter().all(|r| {
-            policy
-                .listen_prefixes()
-                .iter()
-                .all(|p| self.endpoint.is_registered(*r, p))
-        })
+        registered_with(&self.endpoint, &self.config()).is_ok()
     }
 
     /// Waits until [`registered`](Self::registered), at most `limit`.
@@ -423,8 +469,38 @@ impl Translator {
     /// Reads and validates the policy file at `path` again and applies it
     /// ([`reload`](Self::reload)).
     pub fn reload_file(&mut self, path: &Path, env: &dyn Env) -> Result<ReloadReport, ReloadError> {
-        let (loaded, secrets) = config::load_file(path, env).map_err(ReloadError::Config)?;
-        self.reload(loaded, secrets)
+        let r = config::load_file(path, env)
+            .map_err(ReloadError::Config)
+            .and_then(|(loaded, secrets)| self.reload(loaded, secrets));
+        crate::metrics::record_reload(r.is_ok());
+        r
+    }
+
+    /// Serves what needs the translator itself while it runs: reloads asked through the
+    /// admin API (from the policy file at `path`, like SIGHUP). Returns `Ok` when a drain
+    /// is asked for (POST /drain; the caller then calls [`drain`](Self::drain)), `Err`
+    /// when a role failed (as [`failed`](Self::failed)). Cancel-safe: `run` selects on it
+    /// with the signals.
+    pub async fn serve(&mut self, path: &Path, env: &dyn Env) -> Result<(), String> {
+        loop {
+            tokio::select! {
+                exit = exit_or_pending(&mut self.exits) => return Err(exit.describe()),
+                request = recv_or_pending(&mut self.admin_requests) => match request {
+                    admin::Request::Reload(reply) => {
+                        tracing::info!(policy = %path.display(), "admin: reloading the policy");
+                        let answer = reload_answer(self.reload_file(path, env));
+                        if !answer.ok {
+                            tracing::error!(
+                                "reload refused, the running policy stays: {}",
+                                answer.body["error"].as_str().unwrap_or("").trim_end()
+                            );
+                        }
+                        let _ = reply.send(answer);
+                    }
+                    admin::Request::Drain => return Ok(()),
+                },
+            }
+        }
     }
 
     /// Applies a new, valid policy (see the module docs). On error nothing changed.
@@ -496,10 +572,7 @@ impl Translator {
     /// happens when it failed: its role and error. Pending for ever while all is well.
     pub async fn failed(&mut self) -> String {
         match self.exits.recv().await {
-            Some(RoleExit { role, result }) => match result {
-                Ok(()) => format!("{role} role stopped unexpectedly"),
-                Err(e) => format!("{role} role failed: {e}"),
-            },
+            Some(exit) => exit.describe(),
             // Every sender is held by a task that reports before ending.
             None => core::future::pending().await,
         }
@@ -568,6 +641,23 @@ impl Translator {
     }
 }
 
+/// The next message on `rx`; pending for ever once every sender is gone (no role task
+/// left to fail, no admin API to ask), so a `select!` keeps waiting on its other branches.
+async fn recv_or_pending<T>(rx: &mut mpsc::Receiver<T>) -> T {
+    match rx.recv().await {
+        Some(v) => v,
+        None => core::future::pending().await,
+    }
+}
+
+/// The next role exit; pending for ever once no role task is left to report one.
+async fn exit_or_pending(rx: &mut mpsc::UnboundedReceiver<RoleExit>) -> RoleExit {
+    match rx.recv().await {
+        Some(v) => v,
+        None => core::future::pending().await,
+    }
+}
+
 /// Runs a role's future as a task; when it ends, says so on `exits`.
 fn supervised(
     role: &'static str,
@@ -578,6 +668,75 @@ fn supervised(
         let result = f.await;
         let _ = exits.send(RoleExit { role, result });
     })
+}
+
+/// Whether every prefix of `config`'s server role is registered with every router in
+/// `serval.routers` (`Ok` when there is nothing to register); else the first pair missing.
+pub fn registered_with(
+    endpoint: &Endpoint,
+    config: &Config,
+) -> Result<(), (SocketAddr, ServicePrefix)> {
+    let Some(server) = &config.server else {
+        return Ok(());
+    };
+    let policy = ServerPolicy::new(server);
+    for r in &config.serval.routers {
+        for p in policy.listen_prefixes() {
+            if !endpoint.is_registered(*r, p) {
+                return Err((*r, *p));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The admin API's answer to a reload: what changed, or every problem with its place.
+fn reload_answer(r: Result<ReloadReport, ReloadError>) -> admin::ReloadAnswer {
+    use serde_json::json;
+    match r {
+        Ok(report) => admin::ReloadAnswer {
+            ok: true,
+            body: json!({
+                "reloaded": true,
+                "listeners_opened": report.client.opened.iter().map(|(n, a)| json!({"name": n, "addr": a})).collect::<Vec<_>>(),
+                "listeners_closed": report.client.closed.iter().map(|(n, a)| json!({"name": n, "addr": a})).collect::<Vec<_>>(),
+                "restart_needed": report.restart_needed,
+            }),
+        },
+        Err(e) => {
+            let problems: Vec<serde_json::Value> = match &e {
+                ReloadError::Config(c) => c
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        let (line, column, origin) = match &p.origin {
+                            config::Origin::File { line, column } => {
+                                (Some(*line), Some(*column), c.source.clone())
+                            }
+                            config::Origin::Env(var) => (None, None, format!("${var}")),
+                            _ => (None, None, c.source.clone()),
+                        };
+                        json!({
+                            "file": origin,
+                            "line": line,
+                            "column": column,
+                            "field": p.field,
+                            "message": p.message,
+                        })
+                    })
+                    .collect(),
+                other => vec![json!({ "message": other.to_string() })],
+            };
+            admin::ReloadAnswer {
+                ok: false,
+                body: json!({
+                    "reloaded": false,
+                    "error": e.render(),
+                    "problems": problems,
+                }),
+            }
+        }
+    }
 }
 
 /// Replaces the default FORWARD rules to the routers `old` by those to `new`.
@@ -688,6 +847,16 @@ pub async fn run(
 
     let failure = loop {
         tokio::select! {
+            r = t.serve(&path, env) => match r {
+                Ok(()) => {
+                    tracing::info!("admin: drain requested");
+                    break None;
+                }
+                Err(why) => {
+                    tracing::error!(error = %why, "a role failed; draining the others");
+                    break Some(why);
+                }
+            },
             _ = hup.recv() => {
                 tracing::info!(policy = %path.display(), "SIGHUP: reloading the policy");
                 if let Err(e) = t.reload_file(&path, env) {
@@ -704,10 +873,6 @@ pub async fn run(
             _ = int.recv() => {
                 tracing::info!("SIGINT");
                 break None;
-            }
-            why = t.failed() => {
-                tracing::error!(error = %why, "a role failed; draining the others");
-                break Some(why);
             }
         }
     };

@@ -19,7 +19,7 @@ macro_rules! counters {
 
         /// A snapshot of the server role's counters.
         #[non_exhaustive]
-        #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Default, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
         pub struct ServerStats {
             $($(#[doc = $doc])+ pub $name: u64,)*
         }
