@@ -38,41 +38,11 @@ for dev in eth0 eth1; do
     sc_in srv tc qdisc add dev "$dev" root tbf rate "${RATE_MBIT}mbit" burst 64kb latency 100ms
 done
 
-mkdir -p "$SC_TMP/www"
-echo fresh >"$SC_TMP/www/who"
-head -c "$LEN" /dev/urandom >"$SC_TMP/www/data.bin"
-SHA=$(sha256sum "$SC_TMP/www/data.bin" | cut -d' ' -f1)
-
-cat >"$SC_TMP/router.yaml" <<EOF
-serval: {bind: "10.64.0.1:54325"}
-admin: {listen: ~}
-router: {keys: [{id: 1, env: SERVAL_SC_KEY}], lease: {min: 1s, max: 2m, default: 5s}}
-EOF
-cat >"$SC_TMP/server.yaml" <<EOF
-serval: {bind: "0.0.0.0:54325", routers: ["10.64.0.1:54325"], key: {id: 1, env: SERVAL_SC_KEY}, follow_address: true, address_poll: 200ms}
-admin: {listen: ~}
-server:
-  services:
-    - {name: dl, prefix: "name:dl.case", backends: [{address: "127.0.0.1:8000"}]}
-EOF
-cat >"$SC_TMP/client.yaml" <<EOF
-serval: {bind: "10.64.0.10:54325", routers: ["10.64.0.1:54325"]}
-admin: {listen: ~}
-client:
-  listeners:
-    - {name: dl, listen: "127.0.0.1:8080", service: "name:dl.case"}
-EOF
-SERVAL_SC_KEY=$SC_KEY "$SERVAL_TRANSLATOR" check-config "$SC_TMP/server.yaml" >/dev/null 2>"$SC_OUT/logs/check-config.log" ||
-    sc_die "this translator does not take serval.follow_address / address_poll (needed here): $(head -c 300 "$SC_OUT/logs/check-config.log")"
-
-sc_translator router rtr
-sc_wait_log router "translator started"
-sc_start http srv /usr/bin/python3 -m http.server 8000 --bind 127.0.0.1 --directory "$SC_TMP/www"
-sc_wait_tcp srv 127.0.0.1 8000
-sc_translator server srv
-sc_wait_log server "registered with router"
-sc_translator client cli
-sc_wait_log client "translator started"
+# Wildcard bind: the server translator follows its source address (serval.follow_address).
+sc_download_setup '{bind: "10.64.0.1:54325"}' \
+    '{bind: "0.0.0.0:54325", routers: ["10.64.0.1:54325"], key: {id: 1, env: SERVAL_SC_KEY}, follow_address: true, address_poll: 200ms}' \
+    '{bind: "10.64.0.10:54325", routers: ["10.64.0.1:54325"]}' \
+    '{keys: [{id: 1, env: SERVAL_SC_KEY}], lease: {min: 1s, max: 2m, default: 5s}}' '{listen: ~}'
 
 EVENTS="$SC_OUT/events.csv"
 echo "t_ms,end_ms,event" >"$EVENTS"

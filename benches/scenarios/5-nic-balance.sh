@@ -43,38 +43,10 @@ for dev in eth0 eth1; do
     sc_in srv tc qdisc add dev "$dev" root tbf rate "${RATE_MBIT}mbit" burst 64kb latency 100ms
 done
 
-mkdir -p "$SC_TMP/www"
-head -c "$LEN" /dev/urandom >"$SC_TMP/www/data.bin"
-SHA=$(sha256sum "$SC_TMP/www/data.bin" | cut -d' ' -f1)
-
-cat >"$SC_TMP/router.yaml" <<EOF
-serval: {bind: "10.65.0.1:54325"}
-admin: {listen: ~}
-router: {keys: [{id: 1, env: SERVAL_SC_KEY}]}
-EOF
-cat >"$SC_TMP/server.yaml" <<EOF
-serval: {bind: "0.0.0.0:54325", routers: ["10.65.0.1:54325"], key: {id: 1, env: SERVAL_SC_KEY}}
-admin: {listen: "127.0.0.1:9901"}
-server:
-  services:
-    - {name: dl, prefix: "name:dl.case", backends: [{address: "127.0.0.1:8000"}]}
-EOF
-cat >"$SC_TMP/client.yaml" <<EOF
-serval: {bind: "10.65.0.10:54325", routers: ["10.65.0.1:54325"]}
-admin: {listen: ~}
-client:
-  listeners:
-    - {name: dl, listen: "127.0.0.1:8080", service: "name:dl.case"}
-EOF
-
-sc_translator router rtr
-sc_wait_log router "translator started"
-sc_start http srv /usr/bin/python3 -m http.server 8000 --bind 127.0.0.1 --directory "$SC_TMP/www"
-sc_wait_tcp srv 127.0.0.1 8000
-sc_translator server srv
-sc_wait_log server "registered with router"
-sc_translator client cli
-sc_wait_log client "translator started"
+sc_download_setup '{bind: "10.65.0.1:54325"}' \
+    '{bind: "0.0.0.0:54325", routers: ["10.65.0.1:54325"], key: {id: 1, env: SERVAL_SC_KEY}}' \
+    '{bind: "10.65.0.10:54325", routers: ["10.65.0.1:54325"]}' \
+    '{keys: [{id: 1, env: SERVAL_SC_KEY}]}' '{listen: "127.0.0.1:9901"}'
 sc_in srv curl -sf --max-time 5 -o /dev/null http://127.0.0.1:9901/healthz ||
     sc_die "the server translator has no admin API (GET /healthz on 127.0.0.1:9901): needed for POST /flows/{id}/move"
 

@@ -252,3 +252,37 @@ sc_gap_elsewhere() {
     awk -F, -v t="$2" 'NR > 1 && ($1 < t - 200 || $1 > t + 2000) && $2 > g { g = $2 }
         END { print g + 0 }' "$1" 2>/dev/null || echo 0
 }
+
+# The download scenarios' (3-5) common set-up: LEN random bytes served by python's
+# http.server on 127.0.0.1:8000 in srv (SHA set to their hash), a router, a server
+# translator in front of it (service `name:dl.case`) and a client translator with listener
+# 127.0.0.1:8080, started in that order, each once it is ready. Arguments: the `serval:`
+# flow mappings of the router, the server and the client, the router's `router:` section,
+# and the server's `admin:` section. The files are checked first (check-config), so a
+# translator without a setting a scenario needs stops it with the reason.
+sc_download_setup() {
+    local router_serval=$1 server_serval=$2 client_serval=$3 router=$4 server_admin=$5
+    mkdir -p "$SC_TMP/www"
+    echo fresh >"$SC_TMP/www/who"
+    head -c "$LEN" /dev/urandom >"$SC_TMP/www/data.bin"
+    # shellcheck disable=SC2034 # read by the scenario scripts
+    SHA=$(sha256sum "$SC_TMP/www/data.bin" | cut -d' ' -f1)
+    printf 'serval: %s\nadmin: {listen: ~}\nrouter: %s\n' "$router_serval" "$router" >"$SC_TMP/router.yaml"
+    printf 'serval: %s\nadmin: %s\nserver:\n  services:\n    - {name: dl, prefix: "name:dl.case", backends: [{address: "127.0.0.1:8000"}]}\n' \
+        "$server_serval" "$server_admin" >"$SC_TMP/server.yaml"
+    printf 'serval: %s\nadmin: {listen: ~}\nclient:\n  listeners:\n    - {name: dl, listen: "127.0.0.1:8080", service: "name:dl.case"}\n' \
+        "$client_serval" >"$SC_TMP/client.yaml"
+    local p
+    for p in router server client; do
+        SERVAL_SC_KEY=$SC_KEY "$SERVAL_TRANSLATOR" check-config "$SC_TMP/$p.yaml" >/dev/null 2>"$SC_OUT/logs/check-config.log" ||
+            sc_die "this translator refuses the $p policy: $(head -c 300 "$SC_OUT/logs/check-config.log")"
+    done
+    sc_translator router rtr
+    sc_wait_log router "translator started"
+    sc_start http srv /usr/bin/python3 -m http.server 8000 --bind 127.0.0.1 --directory "$SC_TMP/www"
+    sc_wait_tcp srv 127.0.0.1 8000
+    sc_translator server srv
+    sc_wait_log server "registered with router"
+    sc_translator client cli
+    sc_wait_log client "translator started"
+}
