@@ -193,41 +193,30 @@ pub(crate) async fn serve_flow(
         }
     };
 
+    let connect_time = started.elapsed();
     let (source, destination) = carried.unwrap_or((peer, addr));
-    match proxy_header::header(plan.proxy_protocol, source, destination, &service) {
-        Ok(None) => {}
-        Ok(Some(h)) => {
-            let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&h)).await;
-            if !matches!(written, Ok(Ok(()))) {
-                ServerCounters::bump(&ctx.counters.proxy_header_failures);
-                let _ = crate::relay::abort_tcp(&tcp);
-                refused(
-                    leg.stream(),
-                    peer,
-                    &service,
-                    plan.via,
-                    "proxy_header_failed",
-                    "cannot write the PROXY header",
-                );
-                return;
-            }
-        }
-        Err(e) => {
-            ServerCounters::bump(&ctx.counters.proxy_header_failures);
-            let _ = crate::relay::abort_tcp(&tcp);
-            refused(
-                leg.stream(),
-                peer,
-                &service,
-                plan.via,
-                "proxy_header_failed",
-                &e.to_string(),
-            );
-            return;
-        }
+    let header = match proxy_header::header(plan.proxy_protocol, source, destination, &service) {
+        Ok(None) => Ok(()),
+        Ok(Some(h)) => match tokio::time::timeout(plan.connect_timeout, tcp.write_all(&h)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err("cannot write the PROXY header".to_owned()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(detail) = header {
+        ServerCounters::bump(&ctx.counters.proxy_header_failures);
+        let _ = crate::relay::abort_tcp(&tcp);
+        refused(
+            leg.stream(),
+            peer,
+            &service,
+            plan.via,
+            "proxy_header_failed",
+            &detail,
+        );
+        return;
     }
 
-    let connect_time = started.elapsed();
     if !first_bytes.is_empty() {
         let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&first_bytes)).await;
         if !matches!(written, Ok(Ok(()))) {
