@@ -72,26 +72,11 @@ t=$(sc_since "$LOAD_T0")
 ip -n "$(sc_nsname cli)" link set dev wlan0 down
 echo "$t,$(sc_since "$LOAD_T0"),wlan0 down (to cellular behind NAT)" >>"$EVENTS"
 sc_log "wlan0 down at ${t} ms"
-sc_wait_exit "$LOAD_PID" $((SECONDS_TOTAL * 4 + 90))
-load_ok=1
-wait "$LOAD_PID" || load_ok=0
-cat "$SC_OUT/logs/load.log"
-
-# A new connection after wlan0 down: resolved by the router, which now knows the new address.
-fresh=0
-[[ $(sc_in cli curl -sf --max-time 10 http://127.0.0.1:8080/who 2>>"$SC_OUT/logs/fresh.log") == fresh ]] && fresh=1
-
-summary=$(grep '^SUMMARY' "$SC_OUT/logs/load.log" || echo "SUMMARY ok=false")
-read -r gap gap_at < <(sc_gap_near "$SC_OUT/gaps.csv" "$t")
+sc_download_finish "$t"
 secs=$(sed -nE 's/.* seconds=([0-9.]+).*/\1/p' <<<"$summary")
 migrated=$(grep -c "host address changed" "$SC_OUT/logs/client.log" || true)
-max_gap=$(sed -nE 's/.*max_gap_ms=([0-9]+).*/\1/p' <<<"$summary")
 echo "bytes=$LEN sha_ok=$load_ok gap_ms=$gap gap_at_ms=$gap_at pause_elsewhere_ms=$(sc_gap_elsewhere "$SC_OUT/gaps.csv" "$t") new_connection_after=$fresh event_at_ms=$t longest_gap_of_run_ms=${max_gap:-?} seconds=${secs:-?} address_changes_followed=$migrated" >"$SC_OUT/figures.txt"
 sc_plot client-migration
-# "<word> N ms (at T ms)", or no pause of 20 ms or more at all near the event.
-pause_text() {
-    if [[ $gap == 0 ]]; then echo "no pause of 20 ms or more"; else echo "gap ${gap} ms at ${gap_at} ms"; fi
-}
 ok=0
 ((load_ok && fresh)) && ok=1
-sc_verdict "$ok" "$((LEN / 1000000)) MB over one legacy TCP connection, wlan0 down at ${t} ms; $(pause_text) (longest pause elsewhere in the run $(sc_gap_elsewhere "$SC_OUT/gaps.csv" "$t") ms); SHA-256 $([[ $load_ok == 1 ]] && echo equal || echo 'NOT equal / download broken'); new connection afterwards $([[ $fresh == 1 ]] && echo served || echo FAILED)"
+sc_verdict "$ok" "$((LEN / 1000000)) MB over one legacy TCP connection, wlan0 down at ${t} ms; $(sc_pause_text gap) (longest pause elsewhere in the run $(sc_gap_elsewhere "$SC_OUT/gaps.csv" "$t") ms); SHA-256 $([[ $load_ok == 1 ]] && echo equal || echo 'NOT equal / download broken'); new connection afterwards $([[ $fresh == 1 ]] && echo served || echo FAILED)"

@@ -286,3 +286,28 @@ sc_download_setup() {
     sc_translator client cli
     sc_wait_log client "translator started"
 }
+
+# The end of a download scenario (3, 4) whose event happened at T ms ($1): waits for the
+# load generator ($LOAD_PID), then tries one new connection. Sets load_ok (the download
+# completed hash-equal), fresh (the new connection was served), summary (the load
+# generator's SUMMARY line), gap/gap_at (the pause nearest the event) and max_gap.
+sc_download_finish() {
+    local t=$1
+    sc_wait_exit "$LOAD_PID" $((SECONDS_TOTAL * 4 + 90))
+    load_ok=1
+    wait "$LOAD_PID" || load_ok=0
+    cat "$SC_OUT/logs/load.log"
+    # A new connection after the event: resolved by the router, which now knows the new
+    # address.
+    fresh=0
+    [[ $(sc_in cli curl -sf --max-time 10 http://127.0.0.1:8080/who 2>>"$SC_OUT/logs/fresh.log") == fresh ]] && fresh=1
+    summary=$(grep '^SUMMARY' "$SC_OUT/logs/load.log" || echo "SUMMARY ok=false")
+    read -r gap gap_at < <(sc_gap_near "$SC_OUT/gaps.csv" "$t")
+    max_gap=$(sed -nE 's/.*max_gap_ms=([0-9]+).*/\1/p' <<<"$summary")
+}
+
+# "<word> N ms at T ms" for the pause sc_download_finish found, or that there was none of
+# 20 ms or more near the event.
+sc_pause_text() {
+    if [[ $gap == 0 ]]; then echo "no pause of 20 ms or more"; else echo "$1 ${gap} ms at ${gap_at} ms"; fi
+}
