@@ -2,4 +2,5 @@
 //! and the figures they produced.
 
 pub mod bit_trie;
+pub mod harness;
 pub mod sal_pair;

@@ -87,51 +87,49 @@ impl PreambleError {
     }
 }
 
-/// Reads the start of a flow (see the module docs), within `timeout`.
-pub async fn read<R: AsyncRead + Unpin>(
-    r: &mut R,
-    timeout: Duration,
-) -> Result<Start, PreambleError> {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; FIXED];
-    let mut n = 0;
-    while n < FIXED {
-        let got = match tokio::time::timeout_at(deadline, r.read(&mut buf[n..])).await {
-            Ok(r) => r?,
-            Err(_) if n == 0 => return Ok(Start::Native(Vec::new())),
-            Err(_) => {
-                if buf[..n.min(SIGNATURE.len())] == SIGNATURE[..n.min(SIGNATURE.len())] {
-                    return Err(PreambleError::TimedOut(timeout));
-                }
-                return Ok(Start::Native(buf[..n].to_vec()));
-            }
-        };
-        if got == 0 {
-            // The stream ended: whatever came is data.
-            return Ok(Start::Native(buf[..n].to_vec()));
-        }
-        n += got;
-        let m = n.min(SIGNATURE.len());
-        if buf[..m] != SIGNATURE[..m] {
-            return Ok(Start::Native(buf[..n].to_vec()));
-        }
+/// What a byte prefix of a flow says (the sans-IO half of [`read`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    /// Every byte so far matches a preamble that is not complete: read more (at least up
+    /// to `.0` bytes in all). Never more than `FIXED + MAX_PREAMBLE`.
+    NeedMore(usize),
+    /// The bytes diverge from the PROXY v2 signature: no preamble, the stream is native.
+    Native,
+    /// A whole preamble of `len` bytes (at most the input's length) was parsed.
+    Parsed {
+        /// Same meaning as in [`Start::Carried`].
+        addresses: Option<(SocketAddr, SocketAddr)>,
+        /// Header length in bytes: the bytes after it belong to the stream.
+        len: usize,
+    },
+}
+
+/// Examines the first bytes of a flow without doing IO: need more, native, or a parsed
+/// preamble (with its length). Errors are [`PreambleError::TooLong`] or
+/// [`PreambleError::Garbled`]. This is what [`read`] runs on the bytes it has; the fuzz
+/// target `proxy_preamble` feeds it arbitrary prefixes.
+pub fn scan(bytes: &[u8]) -> Result<Scan, PreambleError> {
+    let m = bytes.len().min(SIGNATURE.len());
+    if bytes[..m] != SIGNATURE[..m] {
+        return Ok(Scan::Native);
     }
-    let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
-    if len > MAX_PREAMBLE {
-        return Err(PreambleError::TooLong(len));
+    if bytes.len() < FIXED {
+        return Ok(Scan::NeedMore(FIXED));
     }
-    let mut whole = Vec::with_capacity(FIXED + len);
-    whole.extend_from_slice(&buf);
-    whole.resize(FIXED + len, 0);
-    match tokio::time::timeout_at(deadline, r.read_exact(&mut whole[FIXED..])).await {
-        Ok(r) => {
-            r?;
-        }
-        Err(_) => return Err(PreambleError::TimedOut(timeout)),
+    let declared = usize::from(u16::from_be_bytes([bytes[14], bytes[15]]));
+    if declared > MAX_PREAMBLE {
+        return Err(PreambleError::TooLong(declared));
     }
-    let header = Header::try_from(&whole[..]).map_err(|e| PreambleError::Garbled(e.to_string()))?;
+    let len = FIXED + declared;
+    let Some(whole) = bytes.get(..len) else {
+        return Ok(Scan::NeedMore(len));
+    };
+    let header = Header::try_from(whole).map_err(|e| PreambleError::Garbled(e.to_string()))?;
     if header.command != Command::Proxy {
-        return Ok(Start::Carried { addresses: None });
+        return Ok(Scan::Parsed {
+            addresses: None,
+            len,
+        });
     }
     let addresses = match header.addresses {
         Addresses::IPv4(a) => Some((
@@ -147,7 +145,59 @@ pub async fn read<R: AsyncRead + Unpin>(
         )),
         Addresses::Unspecified | Addresses::Unix(_) => None,
     };
-    Ok(Start::Carried { addresses })
+    Ok(Scan::Parsed { addresses, len })
+}
+
+/// Reads the start of a flow (see the module docs), within `timeout`.
+///
+/// Reads only as far as [`scan`] asks: the 16-byte fixed part (stopping as soon as the
+/// bytes diverge from the signature), then exactly the declared address block, so no byte
+/// after the preamble is consumed.
+pub async fn read<R: AsyncRead + Unpin>(
+    r: &mut R,
+    timeout: Duration,
+) -> Result<Start, PreambleError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; FIXED];
+    let mut n = 0;
+    while n < FIXED {
+        let got = match tokio::time::timeout_at(deadline, r.read(&mut buf[n..])).await {
+            Ok(r) => r?,
+            Err(_) if n == 0 => return Ok(Start::Native(Vec::new())),
+            Err(_) => {
+                if scan(&buf[..n])? == Scan::Native {
+                    return Ok(Start::Native(buf[..n].to_vec()));
+                }
+                return Err(PreambleError::TimedOut(timeout));
+            }
+        };
+        if got == 0 {
+            // The stream ended: whatever came is data.
+            return Ok(Start::Native(buf[..n].to_vec()));
+        }
+        n += got;
+        if scan(&buf[..n])? == Scan::Native {
+            return Ok(Start::Native(buf[..n].to_vec()));
+        }
+    }
+    let mut whole = buf.to_vec();
+    loop {
+        match scan(&whole)? {
+            Scan::Native => return Ok(Start::Native(whole)),
+            Scan::Parsed { addresses, .. } => return Ok(Start::Carried { addresses }),
+            Scan::NeedMore(want) => {
+                let have = whole.len();
+                // `want` is bounded by FIXED + MAX_PREAMBLE (scan refuses longer).
+                whole.resize(want.max(have), 0);
+                match tokio::time::timeout_at(deadline, r.read_exact(&mut whole[have..])).await {
+                    Ok(r) => {
+                        r?;
+                    }
+                    Err(_) => return Err(PreambleError::TimedOut(timeout)),
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -243,5 +293,30 @@ mod tests {
             read(&mut &cut[..], T).await,
             Err(PreambleError::Io(_))
         ));
+    }
+
+    /// The sans-IO half: prefixes ask for more, a whole header parses with its length
+    /// (trailing stream bytes untouched), divergence is native.
+    #[test]
+    fn scan_prefixes_and_lengths() {
+        let p = preamble(sa("10.50.0.1:40000"), sa("127.0.0.1:8081")).unwrap();
+        for n in 0..p.len() {
+            let want = if n < FIXED { FIXED } else { p.len() };
+            assert_eq!(scan(&p[..n]).unwrap(), Scan::NeedMore(want), "{n}");
+        }
+        let mut more = p.clone();
+        more.extend_from_slice(b"data");
+        assert_eq!(
+            scan(&more).unwrap(),
+            Scan::Parsed {
+                addresses: Some((sa("10.50.0.1:40000"), sa("127.0.0.1:8081"))),
+                len: p.len()
+            }
+        );
+        assert_eq!(scan(b"GET /").unwrap(), Scan::Native);
+        assert_eq!(scan(b"\r\n\r\nx").unwrap(), Scan::Native);
+        let mut big = SIGNATURE.to_vec();
+        big.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+        assert!(matches!(scan(&big), Err(PreambleError::TooLong(65_535))));
     }
 }

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod client;
 pub mod client_address;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -323,6 +323,18 @@ pub const CATALOGUE: &[MetricDef] = &[
         "Serval flows alive on the endpoint (closing ones included).",
     ),
     m(
+        "serval_stack_half_open_flows",
+        G,
+        &[],
+        "Half-open flows (SYN answered, conn-ACK awaited): at serval.max_half_open a SYN flood is evicting handshakes.",
+    ),
+    m(
+        "serval_stack_half_open_flows_peak",
+        G,
+        &[],
+        "Most half-open flows at once since the endpoint started.",
+    ),
+    m(
         "serval_stack_datagrams_total",
         C,
         &["direction"],
@@ -720,6 +732,9 @@ fn write_sample(w: &Writer, s: &Sample) {
             ("listener_full", c.refused_listener_full),
             ("global_full", c.refused_global_full),
             ("draining", c.refused_draining),
+            ("source_full", c.refused_source_full),
+            ("first_byte_timeout", c.first_byte_timeout),
+            ("closed_before_data", c.closed_before_data),
             ("unknown_listener", p.unknown_listener),
             ("not_redirected", p.not_redirected),
             ("unbound_synthetic_address", p.unbound_synthetic_address),
@@ -967,27 +982,15 @@ fn write_router(w: &Writer, r: &RouterSample) {
     }
 }
 
-fn drop_reasons(d: &serval_stack::sal::DropCounts) -> [(&'static str, u64); 13] {
-    [
-        ("malformed", d.malformed),
-        ("bad_mac", d.bad_mac),
-        ("unknown_flow", d.unknown_flow),
-        ("unexpected_data", d.unexpected_data),
-        ("after_fin", d.after_fin),
-        ("unexpected", d.unexpected),
-        ("stale_version", d.stale_version),
-        ("unexpected_path_response", d.unexpected_path_response),
-        ("queue_full", d.queue_full),
-        ("closed", d.closed),
-        ("no_service", d.no_service),
-        ("overload", d.overload),
-        ("not_forwardable", d.not_forwardable),
-    ]
-}
-
 fn write_stack(w: &Writer, s: &StackSample) {
     let (e, d) = (&s.endpoint, &s.driver);
     w.gauge("serval_stack_flows", &[], s.flows as f64);
+    w.gauge("serval_stack_half_open_flows", &[], e.half_open as f64);
+    w.gauge(
+        "serval_stack_half_open_flows_peak",
+        &[],
+        e.half_open_peak as f64,
+    );
     w.counter(
         "serval_stack_datagrams_total",
         &[("direction", "rx")],
@@ -1022,7 +1025,7 @@ fn write_stack(w: &Writer, s: &StackSample) {
         d.send_errors,
     );
     w.counter("serval_stack_mtu_errors_total", &[], d.mtu_errors);
-    for (reason, n) in drop_reasons(&e.drops) {
+    for (reason, n) in e.drops.by_reason() {
         w.counter("serval_stack_drops_total", &[("reason", reason)], n);
     }
     for (reason, n) in [
@@ -1091,7 +1094,7 @@ fn write_flows(w: &Writer, f: &FlowTotals) {
             n,
         );
     }
-    for (reason, n) in drop_reasons(&f.drops) {
+    for (reason, n) in f.drops.by_reason() {
         w.counter("serval_flow_drops_total", &[("reason", reason)], n);
     }
     w.gauge("serval_flow_srtt_seconds", &[("stat", "mean")], f.srtt_mean);

@@ -322,3 +322,54 @@ async fn a_delayed_syn_waits_at_the_router_until_an_instance_registers_and_it_is
     x.assert_exact(100_000);
     assert_eq!(x.tag, "A");
 }
+
+/// `router.state_file`: a router that restarts takes its registrations over from the file,
+/// so a service is reachable through the new process before any registrant refreshes
+/// (every 20 s), and a registration captured before the restart is not replayed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_router_forwards_at_once_from_its_state_file() {
+    let dir = std::env::temp_dir().join(format!("serval-router-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("router.json");
+    let policy = |bind: &str| {
+        format!(
+            "serval: {{bind: \"{bind}\"}}\nrouter: {{keys: [{{id: 1, env: TEST_KEY}}], state_file: \"{}\"}}\n",
+            state.display()
+        )
+    };
+    let first = start(&policy("127.0.0.1:0"));
+    let addr = first.serval_addr();
+    let _a = NativeServer::start(addr, prefix("svc.test"), "A")
+        .await
+        .serve();
+    let report = first.drain().await;
+    assert!(report.clean);
+    assert!(state.exists(), "the drained router saved its state");
+
+    // A new process. In-process the old socket may linger a moment after the drain, so the
+    // new router takes another port (the soak restarts a real process on the same one);
+    // the client asks the new router, and the lease it finds is the restored one.
+    let second = start(&policy("127.0.0.1:0"));
+    let addr = second.serval_addr();
+    let stats = second.router().unwrap().stats().registry.unwrap();
+    assert_eq!(stats.leases, 1, "{stats:?}");
+    assert_eq!(
+        stats.registrations, 0,
+        "restored, not re-registered: {stats:?}"
+    );
+
+    let port = reserve();
+    let client = start(&client_policy(addr, port.addr(), "svc.test"));
+    let x = tokio::time::timeout(WAIT, exchange(listener(&client, "web"), 1 << 20, 1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    x.assert_exact(1 << 20);
+    assert_eq!(x.tag, "A");
+    let stats = second.router().unwrap().stats().registry.unwrap();
+    assert_eq!(
+        stats.registrations, 0,
+        "served from the restored lease: {stats:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

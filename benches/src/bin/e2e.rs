@@ -963,9 +963,9 @@ mod chain {
         Cli, Metric, Plan, STREAMS, Variant, bad, field, hex, loadavg, median, metric_name,
         pattern_sha256,
     };
+    use serval_benches::harness::translator_binary;
     use serval_tests::netns::{Netns, Process, veth};
     use std::io;
-    use std::path::PathBuf;
     use std::process::Command;
     use std::time::Duration;
 
@@ -1029,24 +1029,6 @@ mod chain {
         format!(
             "serval:\n  bind: \"{HOP2_IN}:{SERVAL_PORT}\"\nrouter:\n  keys: [{{id: 1, env: E2E_CHAIN_KEY}}]\nserver:\n  services:\n    - name: bench\n      prefix: \"{SERVICE}\"\n      backends: [{{address: \"{SERVER}:{SERVER_PORT}\"}}]\nadmin: {{listen: ~}}\nlog: {{level: warn, access_log: false}}\n"
         )
-    }
-
-    /// `serval-translator`: `E2E_TRANSLATOR`, or next to this binary.
-    fn translator_binary() -> io::Result<PathBuf> {
-        if let Some(p) = std::env::var_os("E2E_TRANSLATOR") {
-            return Ok(p.into());
-        }
-        let exe = std::env::current_exe()?;
-        let p = exe.with_file_name("serval-translator");
-        if p.exists() {
-            Ok(p)
-        } else {
-            Err(bad(format!(
-                "{} not found: `cargo build --release -p translator` into the same target \
-                 directory, or set E2E_TRANSLATOR",
-                p.display()
-            )))
-        }
     }
 
     fn haproxy_installed() -> bool {

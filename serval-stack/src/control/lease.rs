@@ -299,6 +299,54 @@ pub struct LeaseInfo {
     pub key_id: u32,
 }
 
+/// A router's registrations as [`Registry::snapshot`] saves them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrySnapshot {
+    /// Live leases.
+    pub leases: Vec<SavedLease>,
+    /// Registrants' replay state.
+    pub registrants: Vec<SavedRegistrant>,
+}
+
+/// One lease of a [`RegistrySnapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedLease {
+    /// The registered prefix.
+    pub prefix: ServicePrefix,
+    /// Where its FORWARD rule points.
+    pub instance: SocketAddr,
+    /// What was left of the lease when the snapshot was taken.
+    pub remaining: Duration,
+    /// The key id of the registration that set it.
+    pub key_id: u32,
+    /// The source address charged for it (per-source limit).
+    pub source: IpAddr,
+}
+
+/// One registrant of a [`RegistrySnapshot`]: its identity and newest sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedRegistrant {
+    /// The key id it signs with.
+    pub key_id: u32,
+    /// The address it advertises (`None`: "use the source address you see").
+    pub addr: Option<SocketAddr>,
+    /// The newest sequence number accepted from it.
+    pub newest: u64,
+}
+
+/// What [`Registry::restore`] took over and what it skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Leases restored (each with its FORWARD rule).
+    pub leases: usize,
+    /// Leases skipped: expired, unknown key, unusable address, limit, already held.
+    pub leases_skipped: usize,
+    /// Registrants whose replay window was restored.
+    pub registrants: usize,
+    /// Registrants skipped: unknown key or registrant limit.
+    pub registrants_skipped: usize,
+}
+
 /// Something that happened to a lease, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEvent {
@@ -496,6 +544,99 @@ impl Registry {
             leases: self.leases.len() as u64,
             ..self.stats
         }
+    }
+
+    /// What a restarted router needs to carry on where this one stopped: every lease with
+    /// the time it has left, and each registrant's newest sequence number (so registrations
+    /// captured before the restart cannot be replayed to the new process). The caller
+    /// stores it; see [`restore`](Self::restore).
+    #[must_use]
+    pub fn snapshot(&self, now: Timestamp) -> RegistrySnapshot {
+        RegistrySnapshot {
+            leases: self
+                .leases
+                .iter()
+                .filter(|(_, s)| s.expires > now)
+                .map(|(k, s)| SavedLease {
+                    prefix: k.prefix,
+                    instance: k.instance,
+                    remaining: s.expires.saturating_duration_since(now),
+                    key_id: s.key_id,
+                    source: s.source,
+                })
+                .collect(),
+            registrants: self
+                .peers
+                .iter()
+                .map(|(k, p)| SavedRegistrant {
+                    key_id: k.key_id,
+                    addr: k.addr,
+                    newest: p.window.top,
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes over a [`snapshot`](Self::snapshot) of a previous process: its leases become
+    /// leases and FORWARD rules here, as if just registered, with the time they had left
+    /// (clamped to this registry's maximum lease), and each registrant's replay window
+    /// starts at its saved newest sequence number. Entries this registry would not accept
+    /// from the network are skipped and counted in the report: a key id no longer
+    /// configured (a rotated-out key must not keep routes alive), nothing left of the
+    /// lease, an unusable instance address, or a limit reached. Leases already held are
+    /// left as they are. Call it on a fresh registry, before registrations arrive.
+    pub fn restore(
+        &mut self,
+        now: Timestamp,
+        snapshot: &RegistrySnapshot,
+        table: &mut ServiceTable,
+    ) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        for saved in &snapshot.registrants {
+            if self.config.key(saved.key_id).is_none()
+                || self.peers.len() >= self.config.max_registrants
+            {
+                report.registrants_skipped += 1;
+                continue;
+            }
+            let key = PeerKey {
+                key_id: saved.key_id,
+                addr: saved.addr.map(canonical),
+            };
+            let peer = self.peers.entry(key).or_insert(Peer {
+                window: ReplayWindow::default(),
+                last_seen: now,
+            });
+            if saved.newest > peer.window.top {
+                peer.window = ReplayWindow {
+                    top: saved.newest,
+                    // Everything at or below the saved newest counts as seen.
+                    seen: u64::MAX,
+                };
+            }
+            report.registrants += 1;
+        }
+        for saved in &snapshot.leases {
+            let key = LeaseKey {
+                prefix: saved.prefix,
+                instance: canonical(saved.instance),
+            };
+            let usable = instance_addr(Some(key.instance), key.instance).is_ok();
+            let remaining = saved.remaining.min(self.config.max_lease);
+            if !usable
+                || remaining.is_zero()
+                || self.config.key(saved.key_id).is_none()
+                || self.leases.contains_key(&key)
+                || self
+                    .add(key, now + remaining, saved.key_id, saved.source, table)
+                    .is_err()
+            {
+                report.leases_skipped += 1;
+                continue;
+            }
+            report.leases += 1;
+        }
+        report
     }
 
     fn handle_request(
@@ -906,6 +1047,54 @@ mod tests {
             (0, 1, 1, 1)
         );
         assert_eq!(s.registrations, 2);
+    }
+
+    #[test]
+    fn a_restarted_router_keeps_leases_and_refuses_replays() {
+        let (mut old, mut old_table) = (registry(), ServiceTable::new());
+        old.handle(t(0), server(), &register(5, 10_000), &mut old_table)
+            .unwrap();
+        let saved = old.snapshot(t(4_000));
+        assert_eq!(saved.leases.len(), 1);
+        assert_eq!(saved.leases[0].remaining, Duration::from_secs(6));
+        assert_eq!(saved.registrants[0].newest, 5);
+
+        // The new process has its own clock; the lease keeps what it had left.
+        let (mut new, mut table) = (registry(), ServiceTable::new());
+        let report = new.restore(t(100), &saved, &mut table);
+        assert_eq!(
+            report,
+            RestoreReport {
+                leases: 1,
+                leases_skipped: 0,
+                registrants: 1,
+                registrants_skipped: 0
+            }
+        );
+        assert_eq!(resolves(&table), [server()]);
+        assert_eq!(new.poll_timeout(), Some(t(6_100)));
+        // A captured registration (sequence 5 or older) is still a replay.
+        assert!(matches!(
+            new.handle(t(200), server(), &register(5, 10_000), &mut table),
+            Err(RegistryError::Replay { newest: 5 })
+        ));
+        assert!(matches!(
+            new.handle(t(200), server(), &register(4, 10_000), &mut table),
+            Err(RegistryError::Replay { newest: 5 })
+        ));
+        // The registrant's next refresh carries on.
+        new.handle(t(300), server(), &register(6, 10_000), &mut table)
+            .unwrap();
+        assert_eq!(new.poll_timeout(), Some(t(10_300)));
+
+        // A registry without the key takes nothing over; an expired lease is not saved.
+        let other = RegistryConfig::new().with_key(KEY_ID + 1, key()).unwrap();
+        let (mut stranger, mut empty) = (Registry::new(other), ServiceTable::new());
+        let report = stranger.restore(t(0), &saved, &mut empty);
+        assert_eq!((report.leases, report.leases_skipped), (0, 1));
+        assert_eq!(report.registrants_skipped, 1);
+        assert!(empty.is_empty());
+        assert!(old.snapshot(t(10_000)).leases.is_empty());
     }
 
     #[test]

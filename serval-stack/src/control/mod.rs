@@ -92,7 +92,10 @@ pub use delay::{
     DelayConfig, DelayDropReason, DelayEvent, DelayQueue, DelayStats, DelayedPacket, PacketId,
     Refused, Released, VerdictError, emit_notify,
 };
-pub use lease::{LeaseEvent, LeaseInfo, Registry, RegistryConfig, RegistryError, RegistryStats};
+pub use lease::{
+    LeaseEvent, LeaseInfo, Registry, RegistryConfig, RegistryError, RegistrySnapshot,
+    RegistryStats, RestoreReport, SavedLease, SavedRegistrant,
+};
 pub use plane::{ControlEvent, ControlPlane, ControlPlaneStats, RoleError};
 pub use registrant::{
     Registrant, RegistrantConfig, RegistrantError, RegistrantEvent, RegistrantStats, ReplyError,

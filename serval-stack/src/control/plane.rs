@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use super::{
     DelayConfig, DelayDropReason, DelayEvent, DelayQueue, DelayedPacket, LeaseEvent, Registrant,
     RegistrantConfig, RegistrantError, RegistrantEvent, Registry, RegistryConfig, RegistryError,
+    RegistrySnapshot, RestoreReport,
 };
 use crate::sal::{ControlServices, Endpoint, ListenError, Transmit};
 use crate::service_table::ListenerId;
@@ -173,6 +174,20 @@ impl ControlPlane {
         if let Some(r) = self.router.as_mut() {
             r.release_on_register = on;
         }
+    }
+
+    /// Router role: hands a previous process's registrations to the registry (see
+    /// [`Registry::restore`]), before any REGISTER arrives. `None` without the router role.
+    pub fn restore_registry(
+        &mut self,
+        now: Timestamp,
+        snapshot: &RegistrySnapshot,
+        endpoint: &mut Endpoint,
+    ) -> Option<RestoreReport> {
+        let r = self.router.as_mut()?;
+        let report = r.registry.restore(now, snapshot, endpoint.table_mut());
+        self.collect_lease_events();
+        Some(report)
     }
 
     /// Makes the host a registrant of `routers`: it listens (datagrams) on `services.host`

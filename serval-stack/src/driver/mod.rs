@@ -70,7 +70,8 @@ pub use stream::{ServalListener, ServalStream};
 
 use self::state::{Backlog, Shared, State};
 use crate::control::{
-    ControlEvent, ControlPlane, DelayConfig, RegistrantConfig, RegistryConfig, RoleError,
+    ControlEvent, ControlPlane, DelayConfig, RegistrantConfig, RegistryConfig, RegistrySnapshot,
+    RestoreReport, RoleError,
 };
 use crate::sal::{ConnectError, ControlServices, EndpointConfig, EndpointStats, FlowHandle};
 use crate::service_table::ServiceTable;
@@ -421,6 +422,28 @@ impl Endpoint {
     pub fn control_events(&self) -> Vec<ControlEvent> {
         let mut st = self.handle.shared.lock();
         core::iter::from_fn(|| st.control.poll_event()).collect()
+    }
+
+    /// Router role: the registry's leases (with the time they have left) and replay state,
+    /// for the next process to [`restore_registry`](Self::restore_registry), so a router
+    /// restart loses no registration. `None` without the router role.
+    pub fn registry_snapshot(&self) -> Option<RegistrySnapshot> {
+        let st = self.handle.shared.lock();
+        let now = st.clock.now();
+        st.control.registry().map(|r| r.snapshot(now))
+    }
+
+    /// Router role: takes over a previous process's [`registry_snapshot`](Self::registry_snapshot)
+    /// (leases and their FORWARD rules, replay windows); call it right after
+    /// [`enable_router`](Self::enable_router). `None` without the router role.
+    pub fn restore_registry(&self, snapshot: &RegistrySnapshot) -> Option<RestoreReport> {
+        let mut guard = self.handle.shared.lock();
+        let st = &mut *guard;
+        let now = st.clock.now();
+        let report = st.control.restore_registry(now, snapshot, &mut st.endpoint);
+        drop(guard);
+        self.handle.shared.notify.notify_one();
+        report
     }
 
     /// Runs `f` on the control plane (its roles' counters, leases, parked SYNs).

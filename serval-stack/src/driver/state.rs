@@ -62,7 +62,10 @@ impl Shared {
 /// One flow and the handle side of it.
 #[derive(Debug)]
 pub(super) struct Slot {
-    pub(super) flow: Flow,
+    /// Boxed: a `Flow` is ~1.8 KiB, and the flow map keeps up to twice its entries in
+    /// spare capacity, which would cost ~2-3 KiB per flow held inline; boxed, a spare
+    /// entry is ~80 bytes.
+    pub(super) flow: Box<Flow>,
     /// A datagram flow: its writer waits for room in the datagram queue, which the pump
     /// makes by sending.
     datagram: bool,
@@ -85,7 +88,7 @@ impl Slot {
     fn new(flow: Flow, connected: bool) -> Self {
         Self {
             datagram: flow.is_datagram(),
-            flow,
+            flow: Box::new(flow),
             read: None,
             write: None,
             connected,
@@ -539,5 +542,25 @@ impl State {
     pub(super) fn add_flow(&mut self, h: FlowHandle, flow: Flow) {
         self.flows.insert(h, Slot::new(flow, false));
         self.dirty.push(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What one flow costs the driver, in place (the transport's stream is boxed): these
+    /// sizes times the flows (and the map's spare capacity) are most of an idle flow's
+    /// memory, so a change that grows them should be deliberate.
+    #[test]
+    fn per_flow_structures_stay_small() {
+        let slot = size_of::<Slot>();
+        let stream = size_of::<crate::transport::Stream>();
+        println!(
+            "Slot {slot} B, Flow {} B, Stream {stream} B",
+            size_of::<Flow>()
+        );
+        assert!(slot <= 128, "Slot is {slot} bytes");
+        assert!(stream <= 2048, "Stream is {stream} bytes");
     }
 }

@@ -21,8 +21,10 @@ pub struct EndpointConfig {
     /// Most flows (established and half-open) at once; new SYNs beyond it are dropped and
     /// counted. Bounds memory against floods. Default 65 536.
     pub max_flows: usize,
-    /// Most half-open (SYN received, conn-ACK not yet) flows; the oldest is evicted when a
-    /// new SYN arrives at the limit. The original capped at 500. Default 1024.
+    /// Most half-open (SYN received, conn-ACK not yet) flows; when a new SYN arrives at the
+    /// limit, the oldest half-open flow of a client IP holding more than an eighth of the
+    /// limit is evicted (a flood from few addresses pays for itself), else the oldest of
+    /// all. The original capped at 500. Default 1024.
     pub max_half_open: usize,
     /// How long a half-open flow waits for the conn-ACK while repeating its SYN-ACK (at
     /// 1, 3, 7 s). Default 10 s; the original used 3 s but never repeated the SYN-ACK.

@@ -21,8 +21,8 @@
 //! `local_addr`: send it to the socket's own address, or, better, loop it back in the driver
 //! without a syscall.
 
-use core::net::SocketAddr;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use core::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -212,6 +212,8 @@ pub struct Endpoint {
     syn_index: HashMap<(SocketAddr, FlowId), FlowId>,
     /// Half-open flows by creation, oldest first (eviction order).
     half_open_order: VecDeque<FlowId>,
+    /// Half-open flows per client IP (ordered, so eviction is deterministic).
+    half_open_per_ip: BTreeMap<IpAddr, usize>,
     /// (deadline, flow) of every half-open flow that has one.
     half_open_timers: BTreeSet<(Timestamp, FlowId)>,
     /// Half-open flows with something to send.
@@ -272,6 +274,7 @@ impl Endpoint {
             half_open: HashMap::new(),
             syn_index: HashMap::new(),
             half_open_order: VecDeque::new(),
+            half_open_per_ip: BTreeMap::new(),
             half_open_timers: BTreeSet::new(),
             half_open_ready: VecDeque::new(),
             evicted_rsts: VecDeque::new(),
@@ -309,7 +312,10 @@ impl Endpoint {
 
     /// Counters.
     pub fn stats(&self) -> EndpointStats {
-        self.stats
+        EndpointStats {
+            half_open: self.half_open.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Number of flows (established and in handshake) and half-open server flows.
@@ -640,8 +646,10 @@ impl Endpoint {
             },
         );
         self.half_open_order.push_back(id);
+        *self.half_open_per_ip.entry(client.ip()).or_default() += 1;
         self.half_open_ready.push_back(id);
         self.retime_half_open(id);
+        self.stats.half_open_peak = self.stats.half_open_peak.max(self.half_open.len() as u64);
         None
     }
 
@@ -972,33 +980,77 @@ impl Endpoint {
         self.shared_secret(epoch, &repr.key_share?)
     }
 
-    /// Makes room for a new SYN. The evicted flow's client may already hold our SYN-ACK
-    /// and believe it is connected: it gets an authenticated RST, along the SYN's path
-    /// (with its SOURCE, which routers relay like a SYN-ACK), so it fails at once instead of
-    /// sending into a flow that no longer exists until its stream gives up.
+    /// Makes room for a new SYN: evicts the oldest half-open flow of the client IP holding
+    /// more than an eighth of the half-open limit (the most, if several), else the oldest
+    /// of all. A flood from a few addresses thus evicts its own SYNs and leaves other
+    /// clients' handshakes alone, however long they wait in a socket queue behind the
+    /// flood; a flood from spoofed, scattered addresses gets plain oldest-first. The share
+    /// is large enough that a busy legitimate client (a client translator fronting many
+    /// users) holds far less: its half-open flows last one round trip.
+    ///
+    /// The evicted flow's client may already hold our SYN-ACK and believe it is connected:
+    /// it gets an authenticated RST, along the SYN's path (with its SOURCE, which routers
+    /// relay like a SYN-ACK), so it fails at once instead of sending into a flow that no
+    /// longer exists until its stream gives up.
     fn evict_oldest_half_open(&mut self, now: Timestamp) {
+        if let Some(id) = self.heavy_hitter_victim() {
+            self.evict_half_open(now, id);
+            return;
+        }
         while let Some(id) = self.half_open_order.pop_front() {
-            if let Some(mut h) = self.remove_half_open(id) {
-                self.stats.half_open_evicted += 1;
-                h.flow.abort(now);
-                let mut bytes = Vec::new();
-                if let Some(t) = h.flow.poll_transmit(now, &mut bytes)
-                    && let Some(rst) = with_source(&bytes[..t.size], h.source.as_deref())
-                {
-                    if self.evicted_rsts.len() >= MAX_EVICTED_RSTS {
-                        self.evicted_rsts.pop_front();
-                    }
-                    let size = rst.len();
-                    self.evicted_rsts.push_back((Transmit { size, ..t }, rst));
-                }
+            if self.evict_half_open(now, id) {
                 return;
             }
         }
     }
 
+    /// The oldest half-open flow of the client IP holding the most half-open flows, if it
+    /// holds more than `max_half_open / 8` (at least 2). Linear in the half-open flows,
+    /// which is small next to the key agreement every admitted SYN costs.
+    fn heavy_hitter_victim(&self) -> Option<FlowId> {
+        let share = (self.config.max_half_open / 8).max(1);
+        let (&ip, _) = self
+            .half_open_per_ip
+            .iter()
+            .filter(|(_, n)| **n > share)
+            .max_by_key(|(_, n)| **n)?;
+        self.half_open_order
+            .iter()
+            .copied()
+            .find(|id| self.half_open.get(id).is_some_and(|h| h.key.0.ip() == ip))
+    }
+
+    /// Evicts one half-open flow (see [`evict_oldest_half_open`](Self::evict_oldest_half_open));
+    /// false if it no longer exists.
+    fn evict_half_open(&mut self, now: Timestamp, id: FlowId) -> bool {
+        let Some(mut h) = self.remove_half_open(id) else {
+            return false;
+        };
+        self.stats.half_open_evicted += 1;
+        h.flow.abort(now);
+        let mut bytes = Vec::new();
+        if let Some(t) = h.flow.poll_transmit(now, &mut bytes)
+            && let Some(rst) = with_source(&bytes[..t.size], h.source.as_deref())
+        {
+            if self.evicted_rsts.len() >= MAX_EVICTED_RSTS {
+                self.evicted_rsts.pop_front();
+            }
+            let size = rst.len();
+            self.evicted_rsts.push_back((Transmit { size, ..t }, rst));
+        }
+        true
+    }
+
     fn remove_half_open(&mut self, id: FlowId) -> Option<HalfOpen> {
         let h = self.half_open.remove(&id)?;
         self.syn_index.remove(&h.key);
+        let ip = h.key.0.ip();
+        if let Some(n) = self.half_open_per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.half_open_per_ip.remove(&ip);
+            }
+        }
         if let Some(t) = h.timer {
             self.half_open_timers.remove(&(t, id));
         }
@@ -1322,6 +1374,85 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn half_open_gauge_and_peak_never_pass_the_limit_under_a_syn_flood() {
+        let now = Timestamp::ZERO;
+        let c = EndpointConfig {
+            local_addr: "192.0.2.10:54325".parse().unwrap(),
+            max_half_open: 8,
+            ..EndpointConfig::default()
+        };
+        let mut s = Endpoint::new(c, now);
+        s.listen(prefix(), Protocol::UDP).unwrap();
+        let mut out = Vec::new();
+        for port in 0..50u16 {
+            let client = format!("198.51.100.1:{}", 40_000 + port);
+            let bytes = syn(&client);
+            assert!(
+                s.handle(now, client.parse().unwrap(), &bytes, &mut out)
+                    .is_none()
+            );
+            while s.poll_transmit(now, &mut out).is_some() {}
+            let st = s.stats();
+            assert_eq!(st.half_open, s.half_open_count() as u64);
+            assert!(st.half_open <= 8 && st.half_open_peak <= 8, "{st:?}");
+        }
+        let st = s.stats();
+        assert_eq!((st.half_open, st.half_open_peak), (8, 8));
+        assert_eq!(st.half_open_evicted, 42);
+        assert_eq!(st.syns_received, 50);
+    }
+
+    #[test]
+    fn a_flood_from_few_addresses_evicts_its_own_half_open_flows_not_others() {
+        let now = Timestamp::ZERO;
+        let c = EndpointConfig {
+            local_addr: "192.0.2.10:54325".parse().unwrap(),
+            max_half_open: 16,
+            ..EndpointConfig::default()
+        };
+        let mut s = Endpoint::new(c, now);
+        s.listen(prefix(), Protocol::UDP).unwrap();
+        let mut out = Vec::new();
+        let legit = "203.0.113.5:40000";
+        let legit_syn = syn(legit);
+        assert!(
+            s.handle(now, legit.parse().unwrap(), &legit_syn, &mut out)
+                .is_none()
+        );
+        // A flood from one address, many ports: 50 SYNs through a 16-entry table.
+        for port in 0..50u16 {
+            let client = format!("198.51.100.1:{}", 1000 + port);
+            assert!(
+                s.handle(now, client.parse().unwrap(), &syn(&client), &mut out)
+                    .is_none()
+            );
+            while s.poll_transmit(now, &mut out).is_some() {}
+        }
+        assert_eq!(s.half_open_count(), 16);
+        assert_eq!(s.stats().half_open_evicted, 35, "only the flood's own");
+        // The legitimate handshake is still half-open: its repeated SYN is a duplicate.
+        assert!(
+            s.handle(now, legit.parse().unwrap(), &legit_syn, &mut out)
+                .is_none()
+        );
+        assert_eq!(s.stats().duplicate_syns, 1);
+        // Scattered sources (no address above the share): oldest first, as before.
+        for i in 0..16u8 {
+            let client = format!("198.18.0.{i}:7");
+            assert!(
+                s.handle(now, client.parse().unwrap(), &syn(&client), &mut out)
+                    .is_none()
+            );
+        }
+        assert_eq!(s.half_open_count(), 16);
+        assert!(
+            s.handle(now, legit.parse().unwrap(), &legit_syn, &mut out)
+                .is_none()
+        );
+        assert_eq!(s.stats().duplicate_syns, 1, "now evicted");
     }
 
     fn forward_syn_bytes(

@@ -743,7 +743,6 @@ impl Flow {
         self.last_recv = now;
         self.stats.data_packets_received += 1;
         self.stats.bytes_received += payload.len() as u64;
-        self.observe_address(from, false);
         let limit = self.config.datagram_queue;
         match &mut self.transport {
             Transport::Stream(stream) => {
@@ -752,10 +751,21 @@ impl Flow {
                 if is_tcp_rst(payload) {
                     return self.drop(DropReason::BadMac);
                 }
+                // Data is not MACed: from a new address, only a segment the stream accepts
+                // (timestamps, sequence and ACK in window, which a blind forger with leaked
+                // FlowIDs cannot produce) is evidence the peer moved (NAT rebinding). A
+                // refused one must not start a path validation, or anyone knowing the two
+                // FlowIDs could make the flow send challenges to an address of their choice.
+                let moved = from != self.peer_addr;
+                let refused_before = moved.then(|| stream.stats().dropped_segments);
                 if stream.handle_bytes(now, payload).is_err() {
                     return self.drop(DropReason::Malformed);
                 }
+                let accepted = refused_before.is_none_or(|n| stream.stats().dropped_segments == n);
                 self.drain_stream_events();
+                if accepted && self.state != State::Closed {
+                    self.observe_address(from, false);
+                }
             }
             Transport::Datagrams(d) => {
                 if self.peer_fin {
@@ -769,6 +779,8 @@ impl Flow {
                 }
                 d.recv.push_back(payload.to_vec());
                 self.events.push_back(Event::Readable);
+                // Datagrams carry no sequence to check: any of them may show a rebinding.
+                self.observe_address(from, false);
             }
             Transport::None => self.drop(DropReason::Closed),
         }

@@ -87,25 +87,30 @@ impl DropCounts {
         *c = c.saturating_add(1);
     }
 
+    /// Every reason with its name (the metric label) and count, in declaration order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 13] {
+        [
+            ("malformed", self.malformed),
+            ("bad_mac", self.bad_mac),
+            ("unknown_flow", self.unknown_flow),
+            ("unexpected_data", self.unexpected_data),
+            ("after_fin", self.after_fin),
+            ("unexpected", self.unexpected),
+            ("stale_version", self.stale_version),
+            ("unexpected_path_response", self.unexpected_path_response),
+            ("queue_full", self.queue_full),
+            ("closed", self.closed),
+            ("no_service", self.no_service),
+            ("overload", self.overload),
+            ("not_forwardable", self.not_forwardable),
+        ]
+    }
+
     /// Sum over every reason.
     pub fn total(&self) -> u64 {
-        [
-            self.malformed,
-            self.bad_mac,
-            self.unknown_flow,
-            self.unexpected_data,
-            self.after_fin,
-            self.unexpected,
-            self.stale_version,
-            self.unexpected_path_response,
-            self.queue_full,
-            self.closed,
-            self.no_service,
-            self.overload,
-            self.not_forwardable,
-        ]
-        .iter()
-        .sum()
+        self.by_reason()
+            .iter()
+            .fold(0u64, |sum, (_, n)| sum.saturating_add(*n))
     }
 }
 
@@ -169,6 +174,11 @@ pub struct EndpointStats {
     pub refusals_sent: u64,
     /// Half-open flows evicted to admit a newer SYN at the limit.
     pub half_open_evicted: u64,
+    /// Half-open flows now (a gauge; at most `max_half_open`).
+    pub half_open: u64,
+    /// Most half-open flows held at once since the endpoint started (how close a SYN
+    /// flood came to `max_half_open`; never above it).
+    pub half_open_peak: u64,
     /// SYNs that hit a DELAY rule and were handed back as `DatagramEvent::Delayed`
     /// (every round counts).
     pub syns_delayed: u64,

@@ -63,13 +63,18 @@ struct Pair {
 
 impl Pair {
     fn new() -> Self {
+        Self::with_protocol(Protocol::UDP)
+    }
+
+    /// A pair whose flow is of `protocol` (UDP: datagrams, TCP: a stream).
+    fn with_protocol(protocol: Protocol) -> Self {
         let mut server_ep = endpoint(2, SERVER);
         server_ep
-            .listen(ServicePrefix::exact(service()), Protocol::UDP)
+            .listen(ServicePrefix::exact(service()), protocol)
             .unwrap();
         let mut client_ep = endpoint(1, CLIENT);
         let (_, client) = client_ep
-            .connect_to(Timestamp::ZERO, service(), addr(SERVER), Protocol::UDP)
+            .connect_to(Timestamp::ZERO, service(), addr(SERVER), protocol)
             .unwrap();
         Self {
             now: Timestamp::ZERO,
@@ -118,7 +123,10 @@ impl Pair {
 
     /// Runs the handshake; returns it established on both sides.
     fn established() -> Self {
-        let mut p = Self::new();
+        Self::establish(Self::new())
+    }
+
+    fn establish(mut p: Self) -> Self {
         let syn = drain(&mut p.client, p.now).remove(0).1;
         p.deliver_to_server(addr(CLIENT), &syn);
         let syn_ack = p.server_endpoint_out().remove(0);
@@ -482,4 +490,60 @@ fn a_replayed_packet_from_elsewhere_cannot_move_the_flow() {
     assert_eq!(p.server().peer_addr(), addr(CLIENT));
     assert_eq!(p.server().stats().path_validations_failed, 1);
     assert!(p.server().is_established());
+}
+
+#[test]
+fn forged_stream_data_with_leaked_flow_ids_starts_no_path_validation() {
+    let mut p = Pair::establish(Pair::with_protocol(Protocol::TCP));
+    let _ = drain(&mut p.client, p.now);
+    let _ = p.server_out();
+    let (client_flow, server_flow) = (p.client.local_flow(), p.server().local_flow());
+    // An off-path attacker who read both FlowIDs (an admin listing) but not the stream's
+    // sequence numbers: a data packet with a made-up segment, from its own address.
+    let segment = {
+        let tcp = crate::wire::tcp::TcpRepr {
+            seq_number: crate::wire::tcp::SeqNumber(0x1234_5678),
+            ack_number: Some(crate::wire::tcp::SeqNumber(0x9abc_def0)),
+            timestamps: Some(crate::wire::tcp::Timestamps {
+                tsval: 0x4000_0000,
+                tsecr: 1,
+            }),
+            window_len: 1000,
+            payload: b"forged",
+            ..Default::default()
+        };
+        let mut b = vec![0; tcp.buffer_len()];
+        tcp.emit(&mut crate::wire::tcp::Packet::new_unchecked(&mut b[..]));
+        b
+    };
+    let header = SalRepr::new(Some(client_flow), Some(server_flow), Protocol::TCP);
+    let mut forged = vec![0; header.buffer_len() + segment.len()];
+    forged[header.buffer_len()..].copy_from_slice(&segment);
+    header.emit(&mut Packet::new_unchecked(&mut forged[..]));
+    p.deliver_to_server(addr("203.0.113.66:999"), &forged);
+    let out = p.server_out();
+    assert!(
+        out.iter().all(|(t, _)| t.destination == addr(CLIENT)),
+        "nothing sent to the forger: {out:?}"
+    );
+    assert!(out.iter().all(|(_, d)| repr(d).path_challenge.is_none()));
+    assert_eq!(p.server().stats().path_validations_started, 0);
+    assert!(p.server().stream_stats().unwrap().dropped_segments >= 1);
+
+    // The genuine client's next segment from a new address (a NAT rebinding) is accepted
+    // by the stream, and that does start a validation.
+    p.client.write(b"hello").unwrap();
+    let data = drain(&mut p.client, p.now);
+    let (_, d) = data
+        .iter()
+        .find(|(_, d)| repr(d).control.is_none())
+        .unwrap();
+    p.deliver_to_server(addr("10.0.0.1:40000"), d);
+    assert_eq!(p.server().stats().path_validations_started, 1);
+    let out = p.server_out();
+    assert!(
+        out.iter()
+            .any(|(t, d)| t.destination == addr("10.0.0.1:40000")
+                && repr(d).path_challenge.is_some())
+    );
 }

@@ -3,6 +3,10 @@
 
 use std::collections::VecDeque;
 
+/// Largest allocation an emptied buffer keeps (small exchanges do not reallocate each
+/// time); a larger one is freed once everything was read.
+const KEEP: usize = 16 << 10;
+
 /// Most out-of-order intervals held. A segment that would need one more is dropped (and
 /// retransmitted by the peer later), so hostile or pathological reordering costs a bounded
 /// amount of bookkeeping (24 bytes per interval, O(n) insertion).
@@ -202,6 +206,10 @@ impl RecvBuf {
         dst[from_a..n].copy_from_slice(&b[..n - from_a]);
         self.buf.drain(..n);
         self.read += n as u64;
+        if self.buf.is_empty() && self.intervals.is_empty() && self.buf.capacity() > KEEP {
+            // Everything read: an idle stream does not keep a burst's high-water mark.
+            self.buf = VecDeque::new();
+        }
         n
     }
 
@@ -243,6 +251,23 @@ impl RecvBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_allocation_is_freed_once_everything_is_read() {
+        let mut b = RecvBuf::new(1 << 20);
+        b.insert(0, &[1u8; 100]);
+        let mut out = vec![0u8; 300_000];
+        assert_eq!(b.read(&mut out), 100);
+        assert!(b.allocated() > 0, "a small allocation is kept");
+        b.insert(100, &vec![2u8; 200_000]);
+        assert_eq!(b.read(&mut out[..1000]), 1000);
+        assert!(b.allocated() >= 199_000, "kept while bytes are unread");
+        assert_eq!(b.read(&mut out), 199_000);
+        assert_eq!(b.allocated(), 0);
+        b.insert(200_100, b"x");
+        assert_eq!(b.read(&mut out), 1);
+        assert_eq!(out[0], b'x');
+    }
 
     fn read_all(b: &mut RecvBuf) -> Vec<u8> {
         let mut out = vec![0; b.readable()];

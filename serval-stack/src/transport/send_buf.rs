@@ -2,10 +2,15 @@
 
 use std::collections::VecDeque;
 
+/// Largest allocation an empty buffer keeps (small exchanges do not reallocate each time).
+const KEEP: usize = 16 << 10;
+
 /// A bounded byte ring indexed by stream offset (byte 0 = the first byte ever written).
 ///
 /// Holds `[acked, written)`: both unsent and in-flight bytes, because a retransmission
-/// re-reads them. It grows on demand (amortised doubling, never per byte) up to `capacity`.
+/// re-reads them. It grows on demand (amortised doubling, never per byte) up to `capacity`,
+/// and a large allocation is freed once everything is acknowledged, so an idle stream
+/// that once sent a burst does not keep its high-water mark.
 #[derive(Debug)]
 pub(crate) struct SendBuf {
     buf: VecDeque<u8>,
@@ -50,6 +55,9 @@ impl SendBuf {
         let n = upto.saturating_sub(self.base).min(self.buf.len() as u64) as usize;
         self.buf.drain(..n);
         self.base += n as u64;
+        if self.buf.is_empty() && self.buf.capacity() > KEEP {
+            self.buf = VecDeque::new();
+        }
     }
 
     /// Appends `len` bytes starting at stream offset `start` to `out` (clamped to what is
@@ -99,6 +107,24 @@ mod tests {
         assert_eq!(out, b"34", "stale start clamps to the held range");
         b.release();
         assert_eq!((b.len(), b.end()), (0, 10));
+    }
+
+    #[test]
+    fn a_large_allocation_is_freed_once_everything_is_acked() {
+        let mut b = SendBuf::new(1 << 20);
+        assert_eq!(b.write(&[1u8; 100]), 100);
+        b.ack(b.end());
+        assert!(b.allocated() > 0, "a small allocation is kept");
+        assert_eq!(b.write(&vec![2u8; 200_000]), 200_000);
+        b.ack(b.end() - 1);
+        assert!(
+            b.allocated() >= 200_000,
+            "kept while a byte is unacknowledged"
+        );
+        b.ack(b.end());
+        assert_eq!((b.allocated(), b.len()), (0, 0));
+        assert_eq!(b.write(b"x"), 1);
+        assert_eq!(b.end(), 200_101);
     }
 
     #[test]

@@ -367,23 +367,9 @@ async fn dispatch(
         },
         Route::Services => json_response(StatusCode::OK, &services(shared)),
         Route::Flows => {
-            let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
-                None => DEFAULT_PAGE,
-                Some(Ok(n)) if (1..=flows::MAX_PAGE).contains(&n) => n,
-                Some(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "limit must be a number from 1 to 1000",
-                    );
-                }
-            };
-            let after = match query
-                .get("after")
-                .map(|v| v.parse::<u32>().ok().map(FlowId::new))
-            {
-                None => None,
-                Some(Some(id)) => id,
-                Some(None) => return error(StatusCode::BAD_REQUEST, "after must be a FlowID"),
+            let (after, limit) = match page_params(&query) {
+                Ok(p) => p,
+                Err(message) => return error(StatusCode::BAD_REQUEST, message),
             };
             let page = flows::page(&shared.cx.endpoint, after, limit);
             let mut v = serde_json::to_value(&page).unwrap_or(Value::Null);
@@ -460,7 +446,9 @@ async fn read_body(req: hyper::Request<Incoming>) -> Result<Bytes, Response> {
     }
 }
 
-fn parse_query(q: &str) -> HashMap<String, String> {
+/// The query string's `key=value` pairs (pure; at most 16, no percent-decoding: every
+/// value the API takes is plain ASCII). A key given twice keeps its last value.
+pub fn parse_query(q: &str) -> HashMap<String, String> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .take(16)
@@ -469,6 +457,77 @@ fn parse_query(q: &str) -> HashMap<String, String> {
             (k.to_owned(), v.to_owned())
         })
         .collect()
+}
+
+/// The `after` and `limit` of `GET /flows` (pure); the error is the answer's message.
+pub fn page_params(
+    query: &HashMap<String, String>,
+) -> Result<(Option<FlowId>, usize), &'static str> {
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => DEFAULT_PAGE,
+        Some(Ok(n)) if (1..=flows::MAX_PAGE).contains(&n) => n,
+        Some(_) => return Err("limit must be a number from 1 to 1000"),
+    };
+    let after = match query
+        .get("after")
+        .map(|v| v.parse::<u32>().ok().map(FlowId::new))
+    {
+        None => None,
+        Some(Some(id)) => id,
+        Some(None) => return Err("after must be a FlowID"),
+    };
+    Ok((after, limit))
+}
+
+/// The prefix and verdict of `POST /delay/{prefix}` (pure): `verdict` from the query,
+/// else from a JSON body `{"verdict": ...}`; `true` is release. The error is the answer's
+/// message (400).
+pub fn delay_params(
+    prefix: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(ServicePrefix, bool), &'static str> {
+    let Ok(prefix) = prefix.parse::<ServicePrefix>() else {
+        return Err("not a ServiceID prefix (hex, 0x<hex>[:bits], <decimal>[:bits] or default)");
+    };
+    let from_body = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) => v.get("verdict").and_then(Value::as_str).map(str::to_owned),
+            Err(_) => return Err("the body is not JSON"),
+        }
+    };
+    let verdict = query.get("verdict").cloned().or(from_body);
+    match verdict.as_deref() {
+        Some("release") => Ok((prefix, true)),
+        Some("drop") => Ok((prefix, false)),
+        _ => Err("give verdict=release or verdict=drop (query or JSON body)"),
+    }
+}
+
+/// The flow and new local address of `POST /flows/{id}/move` (pure): the body is
+/// `{"local": "<ip>"}` (the port is then `port`, the endpoint's own) or
+/// `{"local": "<ip>:<port>"}`. The error is the answer's message (400).
+pub fn move_params(id: &str, body: &[u8], port: u16) -> Result<(FlowId, SocketAddr), &'static str> {
+    let Some(id) = id.parse::<u32>().ok().and_then(FlowId::new) else {
+        return Err("not a FlowID");
+    };
+    let local = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("local").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|s| {
+            s.parse::<SocketAddr>()
+                .ok()
+                .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)))
+        });
+    let Some(local) = local else {
+        return Err("give {\"local\": \"<ip>\"} or {\"local\": \"<ip>:<port>\"}");
+    };
+    if local.ip().is_unspecified() || local.ip().is_multicast() || local.port() == 0 {
+        return Err("not a usable local address");
+    }
+    Ok((id, local))
 }
 
 fn draining(shared: &Shared) -> bool {
@@ -700,30 +759,9 @@ fn delay(shared: &Shared, prefix: &str, query: &HashMap<String, String>, body: &
     let Some(router) = &shared.cx.router else {
         return error(StatusCode::NOT_FOUND, "the router role is off");
     };
-    let Ok(prefix) = prefix.parse::<ServicePrefix>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "not a ServiceID prefix (hex, 0x<hex>[:bits], <decimal>[:bits] or default)",
-        );
-    };
-    let from_body = if body.is_empty() {
-        None
-    } else {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(v) => v.get("verdict").and_then(Value::as_str).map(str::to_owned),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not JSON"),
-        }
-    };
-    let verdict = query.get("verdict").cloned().or(from_body);
-    let release = match verdict.as_deref() {
-        Some("release") => true,
-        Some("drop") => false,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "give verdict=release or verdict=drop (query or JSON body)",
-            );
-        }
+    let (prefix, release) = match delay_params(prefix, query, body) {
+        Ok(p) => p,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let n = router.verdict(&prefix, release);
     json_response(
@@ -737,29 +775,11 @@ fn delay(shared: &Shared, prefix: &str, query: &HashMap<String, String>, body: &
 }
 
 fn move_flow(shared: &Shared, id: &str, body: &[u8]) -> Response {
-    let Some(id) = id.parse::<u32>().ok().and_then(FlowId::new) else {
-        return error(StatusCode::BAD_REQUEST, "not a FlowID");
-    };
     let endpoint = &shared.cx.endpoint;
-    let local = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("local").and_then(Value::as_str).map(str::to_owned))
-        .and_then(|s| {
-            s.parse::<SocketAddr>().ok().or_else(|| {
-                s.parse::<IpAddr>()
-                    .ok()
-                    .map(|ip| SocketAddr::new(ip, endpoint.local_addr().port()))
-            })
-        });
-    let Some(local) = local else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "give {\"local\": \"<ip>\"} or {\"local\": \"<ip>:<port>\"}",
-        );
+    let (id, local) = match move_params(id, body, endpoint.local_addr().port()) {
+        Ok(p) => p,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    if local.ip().is_unspecified() || local.ip().is_multicast() || local.port() == 0 {
-        return error(StatusCode::BAD_REQUEST, "not a usable local address");
-    }
     match endpoint.migrate_flow(id, local) {
         Ok(()) => {
             tracing::info!(flow = id.get(), local = %local, "admin: flow moved");
@@ -859,5 +879,52 @@ mod tests {
         assert_eq!(q.get("c").map(String::as_str), Some("x=y"));
         let many: String = (0..100).map(|i| format!("k{i}=v&")).collect();
         assert_eq!(parse_query(&many).len(), 16);
+    }
+
+    /// The path parameters and bodies of the POST routes (what the `admin_request` fuzz
+    /// target drives), each refusal a 400 message.
+    #[test]
+    fn delay_and_move_parameters() {
+        let none = HashMap::new();
+        let release = parse_query("verdict=release");
+        let (p, r) = delay_params("0x4000:2", &release, b"").unwrap();
+        assert_eq!(
+            (p.to_string(), r),
+            (
+                "0x4000:2".parse::<ServicePrefix>().unwrap().to_string(),
+                true
+            )
+        );
+        assert!(
+            !delay_params("default", &none, br#"{"verdict": "drop"}"#)
+                .unwrap()
+                .1
+        );
+        // The query wins over the body.
+        assert!(
+            delay_params("default", &release, br#"{"verdict": "drop"}"#)
+                .unwrap()
+                .1
+        );
+        assert!(delay_params("zz", &release, b"").is_err());
+        assert!(delay_params("default", &none, b"{").is_err());
+        assert!(delay_params("default", &none, br#"{"verdict": 1}"#).is_err());
+        let (id, local) = move_params("7", br#"{"local": "192.0.2.9"}"#, 4000).unwrap();
+        assert_eq!((id.get(), local), (7, "192.0.2.9:4000".parse().unwrap()));
+        let (_, local) = move_params("7", br#"{"local": "[2001:db8::2]:5"}"#, 4000).unwrap();
+        assert_eq!(local, "[2001:db8::2]:5".parse().unwrap());
+        for (id, body) in [
+            ("0", &br#"{"local": "192.0.2.9"}"#[..]),
+            ("x", br#"{"local": "192.0.2.9"}"#),
+            ("7", br#"{"local": "0.0.0.0"}"#),
+            ("7", br#"{"local": "224.0.0.1:5"}"#),
+            ("7", b"{}"),
+        ] {
+            assert!(move_params(id, body, 4000).is_err(), "{id} {body:?}");
+        }
+        let (after, limit) = page_params(&parse_query("after=17&limit=1000")).unwrap();
+        assert_eq!((after.map(FlowId::get), limit), (Some(17), 1000));
+        assert!(page_params(&parse_query("limit=1001")).is_err());
+        assert!(page_params(&parse_query("after=-1")).is_err());
     }
 }

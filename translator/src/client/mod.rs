@@ -3,23 +3,30 @@
 //! Each configured listener ([`socket`]: explicit, REDIRECT or TPROXY) has an accept loop.
 //! Every accepted connection goes through, in order:
 //!
-//! 1. **admission** ([`Limiter::try_admit`]): the listener's `max_connections` and the
-//!    global `relay.max_connections`; refused at once, never queued;
+//! 1. **admission**: `client.max_connections_per_source` (per client address, [`Sources`]),
+//!    then ([`Limiter::try_admit`]) the listener's `max_connections` and the global
+//!    `relay.max_connections`; refused at once, never queued;
 //! 2. **mapping** ([`ClientPolicy::decide`]): the listener's service, the original
 //!    destination's rule, or the DNS responder's name for a synthetic address;
-//! 3. **connect**: a Serval flow to the ServiceID, resolved through the endpoint's service
+//! 3. **first byte** (listeners with `first_byte_timeout`): wait for the client's first
+//!    byte (a peek, nothing consumed) before any flow is opened; a client silent for the
+//!    timeout is reset. With the per-source limit, this is the slowloris defence: a
+//!    silent client holds only a socket, for a bounded time, and one address holds only
+//!    so many; a client trickling bytes keeps its connection (it is not idle) but counts
+//!    against the per-source limit;
+//! 4. **connect**: a Serval flow to the ServiceID, resolved through the endpoint's service
 //!    table (a default FORWARD rule to the routers, or a local listener), bounded by
 //!    `client.connect_timeout`;
-//! 4. **preamble**: a PROXY protocol v2 header on the flow carrying the legacy client's
+//! 5. **preamble**: a PROXY protocol v2 header on the flow carrying the legacy client's
 //!    address and the original destination ([`crate::client_address`]), always written, so
 //!    the server translator can hand the real client to its backends;
-//! 5. **relay** ([`relay_until`]) until both directions finish, a timeout fires, a side
+//! 6. **relay** ([`relay_until`]) until both directions finish, a timeout fires, a side
 //!    fails, or the drain's grace period ends;
-//! 6. **close**: a clean end (both FINs relayed) drops both sides; anything else resets
+//! 7. **close**: a clean end (both FINs relayed) drops both sides; anything else resets
 //!    both (an RST on TCP, an authenticated RST on the flow), so neither peer can mistake a
 //!    truncated stream for a complete one. One access-log line.
 //!
-//! A connection refused at step 1-3 gets a TCP reset (not a FIN: the client must not read
+//! A connection refused at step 1-4 gets a TCP reset (not a FIN: the client must not read
 //! an empty answer as a complete one) and is counted by reason ([`ClientStats`]).
 //!
 //! **Reload** ([`ClientRole::prepare`], then [`ClientRole::commit`]): the new listeners are bound *before* anything
@@ -45,11 +52,11 @@
 pub mod socket;
 pub mod stats;
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 use core::time::Duration;
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serval_stack::driver::{Endpoint, ServalStream};
 use tokio::io::AsyncWriteExt;
@@ -102,6 +109,8 @@ struct ListenerView {
     gate: Gate,
     max_connections: Option<u32>,
     relay: RelayConfig,
+    /// `first_byte_timeout`, when on.
+    first_byte: Option<Duration>,
 }
 
 /// The policy in force, replaced as a whole on reload.
@@ -110,6 +119,8 @@ struct Snapshot {
     policy: ClientPolicy,
     listeners: HashMap<SocketKey, ListenerView>,
     connect_timeout: Duration,
+    /// `client.max_connections_per_source`.
+    per_source: Option<u32>,
 }
 
 impl Snapshot {
@@ -146,6 +157,7 @@ impl Snapshot {
                     gate,
                     max_connections: l.max_connections,
                     relay,
+                    first_byte: l.first_byte_timeout.non_zero(),
                 },
             );
         }
@@ -153,7 +165,72 @@ impl Snapshot {
             policy,
             listeners,
             connect_timeout: role.connect_timeout.0,
+            per_source: role.max_connections_per_source,
         })
+    }
+}
+
+/// Connections in progress per client address (`client.max_connections_per_source`).
+/// Holds an entry only while its address has a connection, so it is bounded by the
+/// connections admitted.
+#[derive(Debug, Default)]
+struct Sources(Mutex<HashMap<IpAddr, u32>>);
+
+impl Sources {
+    /// What a client address counts as: an IPv4 address (also when IPv4-mapped), or an
+    /// IPv6 /64.
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+            },
+        }
+    }
+
+    /// A place for `ip` if it holds fewer than `max` connections.
+    fn try_admit(&self, ip: IpAddr, max: u32) -> Option<SourceSlot<'_>> {
+        let key = Self::key(ip);
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                map.remove(&key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { sources: self, key })
+    }
+
+    /// Addresses holding connections now.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+/// A connection's place in its address's count, given back on drop.
+#[derive(Debug)]
+struct SourceSlot<'a> {
+    sources: &'a Sources,
+    key: IpAddr,
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .sources
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -168,6 +245,8 @@ struct Shared {
     counters: Counters,
     active: watch::Sender<u64>,
     stop: watch::Receiver<bool>,
+    /// Connections per client address (counted only while a limit is configured).
+    sources: Sources,
 }
 
 impl core::fmt::Debug for Shared {
@@ -272,6 +351,7 @@ impl ClientRole {
             counters: Counters::default(),
             active: watch::Sender::new(0),
             stop,
+            sources: Sources::default(),
         });
         let mut role = Self {
             shared,
@@ -467,6 +547,20 @@ fn refused_after_decision(
 }
 
 /// Closes `tcp` with a reset.
+/// A connection refused before it was relayed: one access-log line, then a reset.
+fn refuse(via: &str, peer: SocketAddr, reason: &str, tcp: TcpStream) {
+    tracing::debug!(
+        target: ACCESS_LOG_TARGET,
+        role = "client",
+        via = %via,
+        peer = %peer,
+        outcome = "refused",
+        reason,
+        "connection refused"
+    );
+    reset(tcp);
+}
+
 fn reset(tcp: TcpStream) {
     // If SO_LINGER cannot be set the socket still closes, with a FIN.
     let _ = abort_tcp(&tcp);
@@ -489,20 +583,21 @@ async fn connection(
             .policy(&crate::policy::Refusal::UnknownListener);
         return reset(tcp);
     };
+    let _source = match snap.per_source {
+        Some(max) => match shared.sources.try_admit(peer.ip(), max) {
+            Some(slot) => Some(slot),
+            None => {
+                shared.counters.source_full();
+                return refuse(&view.name, peer, "source_full", tcp);
+            }
+        },
+        None => None,
+    };
     let _permit = match shared.limiter.try_admit(&view.gate) {
         Ok(p) => p,
         Err(why) => {
             shared.counters.limit(why);
-            tracing::debug!(
-                target: ACCESS_LOG_TARGET,
-                role = "client",
-                via = %view.name,
-                peer = %peer,
-                outcome = "refused",
-                reason = why.label(),
-                "connection refused"
-            );
-            return reset(tcp);
+            return refuse(&view.name, peer, why.label(), tcp);
         }
     };
     let local = tcp.local_addr().unwrap_or(key.addr);
@@ -534,6 +629,26 @@ async fn connection(
     };
     // A proxy must not add Nagle delays to what the client already chose to send.
     let _ = tcp.set_nodelay(true);
+
+    if let Some(limit) = view.first_byte {
+        let mut byte = [0u8; 1];
+        let first = tokio::select! {
+            r = tokio::time::timeout(limit, tcp.peek(&mut byte)) => r,
+            () = stopped(shared.stop.clone()) => return reset(tcp),
+        };
+        match first {
+            Ok(Ok(n)) if n > 0 => {}
+            // The client left (or failed) before sending anything: nothing to relay.
+            Ok(_) => {
+                shared.counters.closed_before_data();
+                return reset(tcp);
+            }
+            Err(_) => {
+                shared.counters.first_byte_timeout();
+                return refuse(&view.name, peer, "first_byte_timeout", tcp);
+            }
+        }
+    }
 
     let started = Instant::now();
     let connect = tokio::time::timeout(
@@ -613,4 +728,41 @@ async fn connection(
         report: &report,
     }
     .emit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_slots_count_addresses_and_ipv6_blocks_and_are_given_back() {
+        let sources = Sources::default();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let a = sources.try_admit(v4, 2).unwrap();
+        let b = sources.try_admit(v4, 2).unwrap();
+        assert!(sources.try_admit(v4, 2).is_none(), "the third is refused");
+        // The same address IPv4-mapped is the same client.
+        assert!(
+            sources
+                .try_admit("::ffff:192.0.2.7".parse().unwrap(), 2)
+                .is_none()
+        );
+        // Two addresses of one IPv6 /64 are one client; another /64 is another.
+        let x = sources
+            .try_admit("2001:db8:0:1::1".parse().unwrap(), 1)
+            .unwrap();
+        assert!(
+            sources
+                .try_admit("2001:db8:0:1:ffff::2".parse().unwrap(), 1)
+                .is_none()
+        );
+        let y = sources
+            .try_admit("2001:db8:0:2::1".parse().unwrap(), 1)
+            .unwrap();
+        assert_eq!(sources.tracked(), 3);
+        drop(a);
+        let c = sources.try_admit(v4, 2).unwrap();
+        drop((b, c, x, y));
+        assert_eq!(sources.tracked(), 0, "no entry outlives its connections");
+    }
 }

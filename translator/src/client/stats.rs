@@ -85,6 +85,13 @@ pub struct ClientStats {
     pub refused_global_full: u64,
     /// Refused: draining.
     pub refused_draining: u64,
+    /// Refused: `client.max_connections_per_source` (the client's address holds that many).
+    pub refused_source_full: u64,
+    /// Reset: the client sent nothing within the listener's `first_byte_timeout`.
+    pub first_byte_timeout: u64,
+    /// Closed: the client left before sending anything (listeners with
+    /// `first_byte_timeout`, which wait for the first byte before opening a flow).
+    pub closed_before_data: u64,
     /// Refused by the mapping policy.
     pub refused_policy: PolicyRefusals,
     /// Serval flows that could not be opened.
@@ -104,6 +111,9 @@ pub(super) struct Counters {
     accepted: AtomicU64,
     accept_errors: AtomicU64,
     limit: [AtomicU64; 3],
+    source_full: AtomicU64,
+    first_byte_timeout: AtomicU64,
+    closed_before_data: AtomicU64,
     policy: [AtomicU64; 8],
     connect: [AtomicU64; 7],
     relayed: AtomicU64,
@@ -136,6 +146,18 @@ impl Counters {
             _ => 2,
         };
         bump(&self.limit[i]);
+    }
+
+    pub(super) fn source_full(&self) {
+        bump(&self.source_full);
+    }
+
+    pub(super) fn first_byte_timeout(&self) {
+        bump(&self.first_byte_timeout);
+    }
+
+    pub(super) fn closed_before_data(&self) {
+        bump(&self.closed_before_data);
     }
 
     pub(super) fn policy(&self, why: &Refusal) {
@@ -203,6 +225,9 @@ impl Counters {
             refused_listener_full: get(&self.limit[0]),
             refused_global_full: get(&self.limit[1]),
             refused_draining: get(&self.limit[2]),
+            refused_source_full: get(&self.source_full),
+            first_byte_timeout: get(&self.first_byte_timeout),
+            closed_before_data: get(&self.closed_before_data),
             refused_policy: PolicyRefusals {
                 unknown_listener: get(&p[0]),
                 not_redirected: get(&p[1]),

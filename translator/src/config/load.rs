@@ -176,6 +176,8 @@ pub struct Secrets {
     pub tls: Option<crate::tls::TlsPair>,
     /// The admin API's bearer token: [`ADMIN_TOKEN_ENV`], else `admin.token`.
     pub admin_token: Option<crate::admin::AdminToken>,
+    /// `router.state_file`, resolved against the policy's folder (whose folder exists).
+    pub router_state: Option<PathBuf>,
 }
 
 impl fmt::Debug for Secrets {
@@ -374,6 +376,39 @@ fn read_bounded(path: &Path) -> Result<String, String> {
     })
 }
 
+/// Most alias (`*name`) references a policy may make, and most times one anchor may be
+/// expanded: YAML aliases let a small file expand into a huge document (the "billion
+/// laughs"); a real policy shares a few blocks a few times.
+pub const MAX_YAML_ALIASES: usize = 1_000;
+
+/// The parser's limits for a policy: serde-saphyr's defaults are sized for any YAML up to
+/// hundreds of MiB; a policy is at most [`MAX_POLICY_BYTES`], so everything (events, nodes,
+/// depth, anchors, alias replays, bytes kept for anchors) is bounded far lower, and one
+/// document only. Every limit is far above what a real policy uses.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 200_000;
+    budget.max_nodes = 100_000;
+    budget.max_depth = 32;
+    budget.max_documents = 1;
+    budget.max_anchors = MAX_YAML_ALIASES;
+    budget.max_aliases = MAX_YAML_ALIASES;
+    budget.max_merge_keys = MAX_YAML_ALIASES;
+    budget.max_total_scalar_bytes = MAX_POLICY_BYTES;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_recorded_anchor_bytes = MAX_POLICY_BYTES;
+    budget.max_inclusion_depth = 0;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let mut aliases = serde_saphyr::options::AliasLimits::default();
+    // Replayed events bound what aliases can add: 20k events of at most a scalar each.
+    aliases.max_total_replayed_events = 20_000;
+    aliases.max_replay_stack_depth = 16;
+    aliases.max_alias_expansions_per_anchor = 100;
+    options.alias_limits = aliases;
+    options
+}
+
 /// Parses policy `text` read from `source`, applies the environment overrides found in
 /// `env` and validates the result.
 pub fn parse(text: &str, source: &str, env: &dyn Env) -> Result<Loaded, ConfigError> {
@@ -385,7 +420,7 @@ pub fn parse(text: &str, source: &str, env: &dyn Env) -> Result<Loaded, ConfigEr
     }
     let mut path = String::new();
     let parsed: Result<Config, serde_saphyr::Error> =
-        serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 path = e.path().to_string();
                 e.into_inner()
@@ -575,7 +610,7 @@ impl<'de> Deserialize<'de> for KeyText {
 }
 
 fn locate_tree(text: &str) -> Option<Spanned<Node>> {
-    serde_saphyr::from_str::<Spanned<Node>>(text).ok()
+    serde_saphyr::from_str_with_options::<Spanned<Node>>(text, yaml_options()).ok()
 }
 
 /// The location of the deepest node on `path` (`a.b[2].c`) that exists in the document:
@@ -658,6 +693,16 @@ pub fn preflight(loaded: &Loaded, base: &Path, env: &dyn Env) -> Result<Secrets,
             match read_key(k, base, env) {
                 Ok(key) => secrets.router_keys.push((k.id, key)),
                 Err(m) => fail(format!("router.keys[{i}]"), m),
+            }
+        }
+        if let Some(file) = &router.state_file {
+            let path = resolve(base, file);
+            match path.parent().map(Path::is_dir) {
+                Some(true) => secrets.router_state = Some(path),
+                _ => fail(
+                    "router.state_file".to_owned(),
+                    format!("{}: its folder does not exist", path.display()),
+                ),
             }
         }
     }
@@ -841,5 +886,38 @@ mod tests {
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(sanitize("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+    }
+
+    /// Alias bombs and deep nesting stop at the parser's budget with a located error,
+    /// before anything large is built (serde-saphyr's defaults allow a million replayed
+    /// events and 50,000 aliases).
+    #[test]
+    fn yaml_bombs_are_refused_with_a_line() {
+        let env = std::collections::HashMap::<String, String>::new();
+        // Billion laughs: nine levels of ten aliases each.
+        let mut bomb = String::from("a0: &a0 [\"lol\"]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        // A big scalar expanded many times.
+        let big = format!(
+            "x: &x \"{}\"\ny: [{}]\n",
+            "b".repeat(100_000),
+            vec!["*x"; 5_000].join(", ")
+        );
+        let deep = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
+        let nested = (0..200).fold(String::from("v"), |acc, i| format!("k{i}: {{{acc}}}"));
+        for text in [bomb, big, deep, nested] {
+            let e = parse(&text, "bomb.yaml", &env).unwrap_err();
+            let rendered = e.render();
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|p| matches!(p.origin, Origin::File { line, .. } if line > 0)),
+                "{rendered}"
+            );
+            assert!(locate_tree(&text).is_none());
+        }
     }
 }

@@ -206,7 +206,8 @@ pub struct RelaySettings {
     pub half_close_timeout: HumanDuration,
     /// Buffer per direction per connection; the relay reads no more until it is written out
     /// (backpressure), so memory is at most 2 x this x `max_connections`. Default 32 KiB
-    /// (Envoy's recommendation for TCP proxies). 4 KiB to 16 MiB.
+    /// (Envoy's recommendation for TCP proxies). 4 KiB to 16 MiB. A direction holds its
+    /// buffer only while bytes are passing: idle connections hold none.
     pub buffer_size: ByteSize,
     /// Most relayed connections in the process; more are refused and counted. Default
     /// 16 384. Each costs a TCP socket (a file descriptor) and two buffers.
@@ -246,6 +247,14 @@ pub struct ClientRole {
     /// Default 10 s (the SYN is repeated at 1, 3 and 7 s).
     #[serde(default = "default_client_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// Most connections at once from one client address, across every listener of the
+    /// role (an IPv6 client counts per /64, the block one host usually holds); more are
+    /// reset at once and counted (`serval_connections_refused_total{reason="source_full"}`).
+    /// HAProxy's `src_conn_cur` limit: one client (a slowloris, a runaway connection pool)
+    /// cannot take all of `relay.max_connections`. Default: no limit, because clients
+    /// behind a NAT or a load balancer share one address; size it for them.
+    #[serde(default)]
+    pub max_connections_per_source: Option<u32>,
 }
 
 fn default_client_connect_timeout() -> HumanDuration {
@@ -290,6 +299,14 @@ pub struct Listener {
     /// This listener's idle timeout, overriding `relay.idle_timeout` (0 = off).
     #[serde(default)]
     pub idle_timeout: Option<HumanDuration>,
+    /// Reset a connection whose client sent nothing for this long after connecting
+    /// (counted as `first_byte_timeout`). With it set, the Serval flow is opened only once
+    /// the first byte arrived, so a client that connects and stays silent (slowloris) costs
+    /// a socket for this long and no flow. Only for protocols where the client speaks
+    /// first (HTTP, TLS, most RPC): server-first protocols (SMTP, MySQL, SSH) would never
+    /// start. Default 0 = off.
+    #[serde(default)]
+    pub first_byte_timeout: HumanDuration,
 }
 
 /// A mapping rule for intercepted connections: match, then one action.
@@ -633,6 +650,13 @@ pub struct RouterRole {
     /// Bounds of the queue of waiting SYNs.
     #[serde(default)]
     pub delay_queue: DelayQueue,
+    /// Where the router keeps its registrations across restarts (JSON, rewritten
+    /// atomically about once a second while they change, and at exit). Without it a
+    /// restarted router knows no instance until each registrant's next refresh (up to
+    /// 20 s), and new flows are refused meanwhile. Relative paths are taken from the
+    /// policy's folder; the folder must exist. Default: none.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 fn default_max_leases() -> u32 {

@@ -223,6 +223,12 @@ fn check_client(c: &ClientRole, out: &mut Issues) {
     if c.connect_timeout.is_zero() {
         out.add("client.connect_timeout", "must be more than 0");
     }
+    if c.max_connections_per_source == Some(0) {
+        out.add(
+            "client.max_connections_per_source",
+            "must be at least 1 (leave it out for no limit)",
+        );
+    }
     let mut names: HashMap<&str, ListenMode> = HashMap::new();
     for (i, l) in c.listeners.iter().enumerate() {
         let at = format!("client.listeners[{i}]");
@@ -658,5 +664,30 @@ mod tests {
         assert!(!rule_covers(&narrow, &wide));
         assert!(!rule_covers(&rule(&["10.0.0.0/8"], "", &["b"]), &narrow));
         assert!(!rule_covers(&rule(&["10.0.0.0/8"], "443", &[]), &narrow));
+    }
+
+    #[test]
+    fn slowloris_limits_are_read_and_checked() {
+        let policy = |per_source: &str| {
+            format!(
+                "serval:\n  routers: [\"192.0.2.1:54325\"]\nclient:\n  max_connections_per_source: {per_source}\n  listeners:\n    - name: web\n      listen: 127.0.0.1:8080\n      service: \"name:www.example.com\"\n      first_byte_timeout: 5s\n"
+            )
+        };
+        let env: HashMap<String, String> = HashMap::new();
+        let ok = crate::config::parse(&policy("16"), "p.yaml", &env).unwrap();
+        let client = ok.config.client.as_ref().unwrap();
+        assert_eq!(client.max_connections_per_source, Some(16));
+        assert_eq!(
+            client.listeners[0].first_byte_timeout.non_zero(),
+            Some(Duration::from_secs(5))
+        );
+        let bad = crate::config::parse(&policy("0"), "p.yaml", &env).unwrap_err();
+        assert!(
+            bad.problems
+                .iter()
+                .any(|p| p.field == "client.max_connections_per_source"),
+            "{:?}",
+            bad.problems
+        );
     }
 }

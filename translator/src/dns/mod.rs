@@ -42,12 +42,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_server::Server;
-use hickory_server::net::runtime::Time;
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA};
 use hickory_server::proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
@@ -460,6 +462,67 @@ pub async fn serve_with(
     }
     tracing::info!("dns responder stopped");
     Ok(())
+}
+
+/// Answers one raw UDP query without sockets, exactly as the running responder would with
+/// no upstream configured (so every name the policy does not map is REFUSED): the bytes are
+/// decoded as hickory-server decodes them, [`RequestHandler::handle_request`] runs on them,
+/// and the answer is encoded with the UDP size limit hickory-server applies. `None` when the
+/// bytes are not a decodable request (hickory-server answers those FORMERR or drops them
+/// before the handler sees them). The entry point of the `dns_query` fuzz target.
+pub async fn answer_bytes(
+    pool: Arc<Pool>,
+    counters: Arc<DnsCounters>,
+    query: &[u8],
+) -> Option<Vec<u8>> {
+    let src = SocketAddr::from(([127, 0, 0, 1], 53_000));
+    let request = Request::from_bytes(query.to_vec(), src, Protocol::Udp).ok()?;
+    let handler = Handler(Arc::new(Responder {
+        pool,
+        upstream: RwLock::new(Upstream {
+            servers: Vec::new(),
+            resolver: None,
+        }),
+        forwards: Semaphore::new(MAX_FORWARDS),
+        counters,
+    }));
+    let capture = Capture::default();
+    handler
+        .handle_request::<_, TokioTime>(&request, capture.clone())
+        .await;
+    capture
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+}
+
+/// A [`ResponseHandler`] keeping the encoded answer (for [`answer_bytes`]).
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Option<Vec<u8>>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // hickory-server's UDP limit: the EDNS payload size, else RFC 1035's 512 bytes.
+        let max = response.edns().map_or(512, |e| e.max_payload());
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = response.destructive_emit(&mut encoder)?;
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(bytes);
+        Ok(info)
+    }
 }
 
 /// Resolves when `drain` turns true or its sender is gone (nobody can stop us otherwise).

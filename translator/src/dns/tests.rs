@@ -365,3 +365,37 @@ async fn reload_moves_the_responder_and_takes_new_names() {
     assert!(TcpStream::connect(second).await.is_err());
     assert!(TcpStream::connect(first).await.is_err());
 }
+
+/// The socket-free entry point (the `dns_query` fuzz target's) answers as the server does
+/// with no upstream: synthetic addresses from the pool, REFUSED for other names, nothing for
+/// bytes that are not a request.
+#[tokio::test]
+async fn answer_bytes_answers_without_sockets() {
+    // Never bound: answer_bytes uses no socket.
+    let config = policy("127.0.0.1:2".parse().unwrap(), None, "");
+    let pool = Arc::new(Pool::new(settings(&config).unwrap()));
+    let counters = Arc::new(DnsCounters::default());
+    let ask = |name: &str, t: RecordType| {
+        let (pool, counters, q) = (pool.clone(), counters.clone(), query_message(name, t));
+        async move {
+            let bytes = answer_bytes(pool, counters, &q).await.unwrap();
+            assert!(bytes.len() <= 512);
+            Message::from_vec(&bytes).unwrap()
+        }
+    };
+    let m = ask("www.example.com.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        pool.name_at(first_ip(&m), tokio::time::Instant::now())
+            .as_deref(),
+        Some("www.example.com")
+    );
+    let m = ask("other.org.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(
+        answer_bytes(pool.clone(), counters.clone(), b"short")
+            .await
+            .is_none()
+    );
+    assert_eq!(counters.snapshot().synthetic, 1);
+}

@@ -1,9 +1,13 @@
 //! The bidirectional copy.
 //!
-//! Each direction is a [`Pipe`]: one fixed buffer, filled by a read only once the previous
+//! Each direction is a [`Pipe`]: one buffer, filled by a read only once the previous
 //! bytes are written out, so a slow reader on one side stops reading from the other side
 //! (TCP flow control, or the Serval flow's window, pushes back to the sender) and memory
-//! per connection is fixed at two buffers. When a side's read returns end of stream, the
+//! per connection is at most two buffers. A direction holds its buffer only while bytes
+//! are in it: a read that finds nothing (`Pending`) hands the buffer back to a small
+//! process-wide [`pool`], so an idle connection holds none (100 000 idle connections
+//! would otherwise pin 6 GiB of 32 KiB buffers), and the next readiness takes one again
+//! (a lock and a pop, no allocation, while the pool has spares). When a side's read returns end of stream, the
 //! pipe flushes and **shuts down the write half of the other side** (a FIN on TCP, our FIN
 //! on a Serval flow) and the opposite direction keeps running: the half-close TCP
 //! applications rely on (`shutdown(SHUT_WR)` after a request, then read the whole answer).
@@ -137,9 +141,42 @@ enum PipeError {
     Write(io::Error),
 }
 
-/// One direction: a fixed buffer between a reader and a writer.
+/// Relay buffers not in use, shared by every connection of the process.
+mod pool {
+    use std::sync::{Mutex, PoisonError};
+
+    /// Most spare buffers kept (2 MiB at the default 32 KiB): enough for the directions
+    /// that are busy at once on a loaded translator; beyond it buffers go back to the
+    /// allocator.
+    const SPARES: usize = 64;
+
+    static FREE: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+    /// A buffer of `size` bytes: a spare, or a new one.
+    pub(super) fn take(size: usize) -> Box<[u8]> {
+        let spare = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        match spare {
+            Some(b) if b.len() == size => b,
+            // None, or a spare of a size a reload changed: a new one.
+            _ => vec![0; size].into_boxed_slice(),
+        }
+    }
+
+    /// Gives `buf` back.
+    pub(super) fn give(buf: Box<[u8]>) {
+        let mut free = FREE.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() < SPARES {
+            free.push(buf);
+        }
+    }
+}
+
+/// One direction: a buffer (while bytes are in it) between a reader and a writer.
 struct Pipe {
-    buf: Box<[u8]>,
+    /// Held from a read that returned bytes until they are written and the next read finds
+    /// nothing; `None` while the direction is idle.
+    buf: Option<Box<[u8]>>,
+    size: usize,
     /// Bytes `pos..cap` of `buf` are read but not yet written.
     pos: usize,
     cap: usize,
@@ -152,7 +189,8 @@ struct Pipe {
 impl Pipe {
     fn new(size: usize) -> Self {
         Self {
-            buf: vec![0; size.max(1)].into_boxed_slice(),
+            buf: None,
+            size: size.max(1),
             pos: 0,
             cap: 0,
             eof: false,
@@ -178,39 +216,46 @@ impl Pipe {
     {
         loop {
             if self.pos == self.cap && !self.eof {
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut rb) {
+                let mut buf = self.buf.take().unwrap_or_else(|| pool::take(self.size));
+                let mut rb = ReadBuf::new(&mut buf);
+                let polled = reader.as_mut().poll_read(cx, &mut rb);
+                let n = rb.filled().len();
+                match polled {
                     Poll::Pending => {
-                        // Nothing to read now: push out what was written so far, so a
-                        // writer that buffers does not sit on it.
+                        // Idle: the buffer goes back (a `Pending` read leaves nothing in
+                        // it), then push out what was written so far, so a writer that
+                        // buffers does not sit on it.
+                        pool::give(buf);
                         if self.need_flush {
                             ready!(writer.as_mut().poll_flush(cx)).map_err(PipeError::Write)?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Read(e))),
+                    Poll::Ready(Err(e)) => {
+                        pool::give(buf);
+                        return Poll::Ready(Err(PipeError::Read(e)));
+                    }
                     Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
                         // End of stream is activity too: the half-close timeout counts
                         // from it, not from the last byte before it.
                         *progress = true;
                         if n == 0 {
                             self.eof = true;
+                            pool::give(buf);
                         } else {
                             self.pos = 0;
                             self.cap = n;
+                            self.buf = Some(buf);
                         }
                     }
                 }
             }
-            while self.pos < self.cap {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.pos..self.cap])
-                )
-                .map_err(PipeError::Write)?;
+            while let Some(buf) = &self.buf
+                && self.pos < self.cap
+            {
+                let n = ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))
+                    .map_err(PipeError::Write)?;
                 if n == 0 {
                     return Poll::Ready(Err(PipeError::Write(io::ErrorKind::WriteZero.into())));
                 }
@@ -225,6 +270,14 @@ impl Pipe {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
         }
     }
 }
@@ -347,5 +400,58 @@ where
         outbound_to_inbound: down.written,
         duration: Instant::now().saturating_duration_since(start),
         outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    /// Polls `pipe` once from `from` to `to`; returns whether it is pending.
+    async fn poll_once<R, W>(pipe: &mut Pipe, from: &mut R, to: &mut W) -> bool
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut progress = false;
+        poll_fn(|cx| {
+            Poll::Ready(
+                pipe.poll_copy(cx, Pin::new(&mut *from), Pin::new(&mut *to), &mut progress)
+                    .is_pending(),
+            )
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer_a_blocked_one_keeps_its_bytes() {
+        // client -> (a) pipe (c) -> reader d; c holds at most 64 bytes.
+        let (mut a, mut client) = duplex(1 << 10);
+        let (mut c, mut d) = duplex(64);
+        let mut pipe = Pipe::new(32 << 10);
+
+        assert!(poll_once(&mut pipe, &mut a, &mut c).await);
+        assert!(pipe.buf.is_none(), "nothing to read: no buffer");
+
+        client.write_all(b"hello").await.unwrap();
+        assert!(poll_once(&mut pipe, &mut a, &mut c).await);
+        assert!(pipe.buf.is_none(), "written out, nothing more: no buffer");
+        let mut got = [0u8; 5];
+        d.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+
+        // The writer blocks: the bytes read stay in the buffer until it drains.
+        client.write_all(&[7u8; 100]).await.unwrap();
+        assert!(poll_once(&mut pipe, &mut a, &mut c).await);
+        assert!(pipe.buf.is_some(), "bytes in flight keep the buffer");
+        let mut got = [0u8; 64];
+        d.read_exact(&mut got).await.unwrap();
+        assert!(poll_once(&mut pipe, &mut a, &mut c).await);
+        assert!(pipe.buf.is_none());
+        let mut rest = [0u8; 36];
+        d.read_exact(&mut rest).await.unwrap();
+        assert_eq!(pipe.written, 105);
+        assert!(got.iter().chain(&rest).all(|b| *b == 7));
     }
 }

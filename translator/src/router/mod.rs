@@ -22,6 +22,7 @@
 
 use core::net::SocketAddr;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +36,10 @@ use serval_stack::wire::ServicePrefix;
 
 use crate::config::Config;
 use crate::config::model::RouterRole;
+
+pub mod state;
+
+pub use state::{Saver, StateFile};
 
 /// Priority of the DELAY rules: below registered instances (priority 1), so a prefix's
 /// SYNs only wait while nothing is registered for it.
@@ -86,6 +91,7 @@ pub struct Router {
     endpoint: Endpoint,
     installed: Arc<std::sync::Mutex<Vec<Installed>>>,
     refused: Arc<AtomicU64>,
+    state: Option<StateFile>,
 }
 
 /// The stack's registry configuration for `role`, with the keys read by preflight.
@@ -169,30 +175,45 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.delay_queue != b.delay_queue {
         fields.push("router.delay_queue");
     }
+    if a.state_file != b.state_file {
+        fields.push("router.state_file");
+    }
     fields
 }
 
 impl Router {
     /// Turns the router role on for `endpoint` (which must have been bound with
     /// `forwarding` on) and installs the static rules of `role`. `keys` are the
-    /// registration keys preflight read from `router.keys`.
+    /// registration keys preflight read from `router.keys`; `state` the resolved
+    /// `router.state_file`, whose registrations are taken over before anything is answered.
     pub fn enable(
         endpoint: &Endpoint,
         role: &RouterRole,
         keys: &[(u32, SharedKey)],
+        state: Option<PathBuf>,
     ) -> Result<Self, RouterError> {
         let registry = registry_config(role, keys)?;
         let delay = delay_config(role)?;
         endpoint
             .enable_router(registry, delay)
             .map_err(RouterError::Enable)?;
+        let state = state.map(StateFile::new);
+        if let Some(file) = &state {
+            file.restore(endpoint);
+        }
         let router = Self {
             endpoint: endpoint.clone(),
             installed: Arc::default(),
             refused: Arc::default(),
+            state,
         };
         router.apply(role);
         Ok(router)
+    }
+
+    /// The state file, when `router.state_file` is set.
+    pub fn state_file(&self) -> Option<&StateFile> {
+        self.state.as_ref()
     }
 
     /// Replaces the static routes and DELAY rules installed from the previous policy by
@@ -377,7 +398,7 @@ mod tests {
         let first = role(
             "router:\n  routes:\n    - {prefix: \"0x01:8\", forward: 192.0.2.1:1, weight: 3}\n    - {prefix: \"0x02:8\", forward: 192.0.2.2:1}\n  delay: [{prefix: \"0x03:8\"}]\n",
         );
-        let router = Router::enable(&endpoint, &first, &[]).unwrap();
+        let router = Router::enable(&endpoint, &first, &[], None).unwrap();
         let a1: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let a2: SocketAddr = "192.0.2.2:1".parse().unwrap();
         let a3: SocketAddr = "192.0.2.3:1".parse().unwrap();

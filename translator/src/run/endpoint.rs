@@ -35,8 +35,17 @@ pub fn endpoint_config(config: &Config) -> io::Result<EndpointConfig> {
 /// The registrant configuration of a server role registering with `serval.routers`:
 /// authenticated with `serval.key`, advertising `serval.advertise` (or, without it, asking
 /// routers to use the source address they observe, right behind a NAT).
-pub fn registrant_config(config: &Config, key: (u32, SharedKey)) -> RegistrantConfig {
-    RegistrantConfig::new(key.0, key.1).with_advertised_addr(config.serval.advertise)
+/// The registrant of `config`'s server role. Its sequence numbers start at `first_sequence`
+/// (the wall clock in microseconds, [`crate::clock::unix_micros`]), so a restarted
+/// translator starts above what routers remember of its previous run.
+pub fn registrant_config(
+    config: &Config,
+    key: (u32, SharedKey),
+    first_sequence: u64,
+) -> RegistrantConfig {
+    RegistrantConfig::new(key.0, key.1)
+        .with_advertised_addr(config.serval.advertise)
+        .with_initial_sequence(first_sequence.max(1))
 }
 
 #[cfg(test)]

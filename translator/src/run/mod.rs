@@ -45,6 +45,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serval_stack::control::ControlEvent;
 use serval_stack::driver::Endpoint;
 use serval_stack::service_table::{Action, Rule};
 use serval_stack::wire::ServicePrefix;
@@ -57,7 +58,7 @@ use crate::config::{self, Config, ConfigError, Env, Loaded, Secrets};
 use crate::dns::{DnsCounters, DnsOptions, DnsStats};
 use crate::policy::ServerPolicy;
 use crate::relay::Limiter;
-use crate::router::{self, Router, RouterError};
+use crate::router::{self, Router, RouterError, Saver};
 use crate::server::{ServeOptions, ServerCounters, ServerStats};
 use crate::{dns, server};
 
@@ -257,7 +258,12 @@ impl Translator {
         let dns_counters = Arc::new(DnsCounters::default());
 
         let router = match &config.router {
-            Some(role) => Some(Router::enable(&endpoint, role, &secrets.router_keys)?),
+            Some(role) => Some(Router::enable(
+                &endpoint,
+                role,
+                &secrets.router_keys,
+                secrets.router_state.clone(),
+            )?),
             None => None,
         };
 
@@ -273,7 +279,11 @@ impl Translator {
                 })?;
                 endpoint
                     .enable_registrant(
-                        endpoint::registrant_config(&config, key),
+                        endpoint::registrant_config(
+                            &config,
+                            key,
+                            crate::clock::unix_micros(crate::clock::wall()),
+                        ),
                         &config.serval.routers,
                     )
                     .map_err(StartError::Registrant)?;
@@ -349,7 +359,11 @@ impl Translator {
             }
         };
 
-        let events = Task::spawn(log_events(endpoint.clone()));
+        let saver = router
+            .as_ref()
+            .and_then(Router::state_file)
+            .map(|f| Saver::new(f.clone()));
+        let events = Task::spawn(log_events(endpoint.clone(), saver));
         let s = &config.serval;
         let follow = (s.follow_address && s.bind.ip().is_unspecified() && s.advertise.is_none())
             .then(|| {
@@ -616,6 +630,10 @@ impl Translator {
         };
         // Nothing may hold the endpoint but `self` now; give closing flows a moment.
         self.events = Task(None);
+        if let Some(file) = self.router.as_ref().and_then(Router::state_file) {
+            // The last word before the endpoint (and its registry) goes.
+            let _ = file.save(&self.endpoint);
+        }
         self.client = None;
         self.server = None;
         self.dns = None;
@@ -799,14 +817,20 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     fields
 }
 
-/// Logs the control plane's events (leases, registrations, DELAY) for ever.
-async fn log_events(endpoint: Endpoint) {
+/// Logs the control plane's events (leases, registrations, DELAY) for ever, and keeps the
+/// router's state file (`saver`) up to date with the leases.
+async fn log_events(endpoint: Endpoint, mut saver: Option<Saver>) {
     let mut tick = tokio::time::interval(EVENT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let mut leases_changed = false;
         for e in endpoint.control_events() {
+            leases_changed |= matches!(e, ControlEvent::Lease(_));
             router::log_event(&e);
+        }
+        if let Some(s) = &mut saver {
+            s.tick(&endpoint, leases_changed, tokio::time::Instant::now());
         }
     }
 }

@@ -217,22 +217,27 @@ pub async fn exchange_on(mut s: TcpStream, up: u64, down: u64) -> io::Result<Exc
     read_answer(s, up).await
 }
 
-/// Reads the account line and the download to the end.
-pub async fn read_answer(mut s: TcpStream, up: u64) -> io::Result<Exchange> {
-    let expected = format!("{up} {}", hex(&Pattern::new(3, up).sha256()));
-    let mut buf = vec![0u8; 64 << 10];
-    // The account line, then the pattern.
+/// The server's account line (`<bytes received> <sha256>`), without its newline.
+async fn account_line<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Vec<u8>> {
     let mut line = Vec::new();
     loop {
         let b = s.read_u8().await?;
         if b == b'\n' {
-            break;
+            return Ok(line);
         }
         line.push(b);
         if line.len() > 200 {
             return Err(io::Error::other("no account line"));
         }
     }
+}
+
+/// Reads the account line and the download to the end.
+pub async fn read_answer(mut s: TcpStream, up: u64) -> io::Result<Exchange> {
+    let expected = format!("{up} {}", hex(&Pattern::new(3, up).sha256()));
+    let mut buf = vec![0u8; 64 << 10];
+    // The account line, then the pattern.
+    let line = account_line(&mut s).await?;
     let mut h = Sha256::new();
     let mut back = 0u64;
     loop {
@@ -350,4 +355,84 @@ impl Held {
             }
         }
     }
+}
+
+/// Connects to `addr` from source address `src` (any 127.0.0.0/8 address on loopback), so
+/// one test can play several clients.
+pub async fn connect_from(src: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from((src, 0)))?;
+    sock.connect(addr).await
+}
+
+/// Waits (bounded) until the peer ends `s`; `Ok` for a clean end of stream, `Err` for a
+/// reset. Whatever arrives before the end is discarded.
+pub async fn wait_end(s: &mut TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if s.read(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the connection was not ended"))
+}
+
+/// [`exchange`], but the download is read only as far as `gate` allows (bytes of the
+/// download, raised by the test): the transfer cannot finish before the test lets it, and
+/// data keeps flowing while the test does something else (the hostile-input tests spray
+/// between raises). Raise it to `u64::MAX` to let the transfer end. Waits on the gate are
+/// bounded by [`WAIT`].
+pub async fn exchange_gated(
+    addr: SocketAddr,
+    up: u64,
+    down: u64,
+    mut gate: tokio::sync::watch::Receiver<u64>,
+) -> io::Result<Exchange> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_u64(down).await?;
+    let mut p = Pattern::new(3, up);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let k = p.fill(&mut buf);
+        if k == 0 {
+            break;
+        }
+        s.write_all(&buf[..k]).await?;
+    }
+    s.shutdown().await?;
+    let expected = format!("{up} {}", hex(&Pattern::new(3, up).sha256()));
+    let line = account_line(&mut s).await?;
+    let mut h = Sha256::new();
+    let mut back = 0u64;
+    loop {
+        let allowed = *gate.borrow_and_update();
+        if back >= allowed {
+            tokio::time::timeout(WAIT, gate.changed())
+                .await
+                .map_err(|_| io::Error::other("the gate was never raised"))?
+                .map_err(|_| io::Error::other("the gate was dropped"))?;
+            continue;
+        }
+        let room = usize::try_from(allowed - back)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let k = s.read(&mut buf[..room]).await?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        back += k as u64;
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let (saw, tag) = line.rsplit_once(' ').unwrap_or((&line, ""));
+    Ok(Exchange {
+        server_saw: saw.to_owned(),
+        tag: tag.to_owned(),
+        expected,
+        back,
+        back_sha: h.finalize().into(),
+    })
 }
