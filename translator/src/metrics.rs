@@ -515,6 +515,23 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often the recorder's histogram samples are folded into their buckets.
+pub const UPKEEP_INTERVAL: core::time::Duration = core::time::Duration::from_secs(5);
+
+/// Folds the histogram samples recorded since the last call into their buckets, every
+/// [`UPKEEP_INTERVAL`], for ever. The recorder keeps every observation (one per connection,
+/// per histogram) until upkeep or a scrape drains it; the exporter's own HTTP listener
+/// would run this, but we serve `/metrics` ourselves, so without it a translator nobody
+/// scrapes grows by tens of bytes per connection without bound (found by the soak).
+pub async fn upkeep(handle: &'static PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// Describes every catalogue metric to the current recorder (HELP lines and units).
 fn describe_all() {
     for d in CATALOGUE {

@@ -228,6 +228,8 @@ pub struct Translator {
     events: Task,
     /// `serval.follow_address`, when it applies (aborted when the translator is dropped).
     _follow: Option<Task>,
+    /// Drains the metrics recorder's histogram samples (aborted when dropped).
+    _metrics_upkeep: Option<Task>,
     exits: mpsc::UnboundedReceiver<RoleExit>,
     default_routes: Vec<SocketAddr>,
     server_counters: Arc<ServerCounters>,
@@ -384,6 +386,8 @@ impl Translator {
             dns,
             events,
             _follow: follow,
+            _metrics_upkeep: crate::metrics::install()
+                .map(|h| Task::spawn(crate::metrics::upkeep(h))),
             exits,
             default_routes,
             server_counters,
