@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use serval_benches::harness::{bad, proc_status_kib, translator_binary};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -87,7 +88,7 @@ struct Cli {
     /// Where logs, policies and samples go.
     #[arg(long, default_value = "target/soak")]
     out: PathBuf,
-    /// The serval-translator binary (default: beside this one).
+    /// The serval-translator binary (default: `E2E_TRANSLATOR`, else beside this one).
     #[arg(long)]
     translator: Option<PathBuf>,
 }
@@ -102,10 +103,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Ok(Duration::from_secs(n * 3600)),
         _ => Err(format!("unknown unit in {s} (ms, s, m, h)")),
     }
-}
-
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::other(msg.into())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -459,14 +456,7 @@ fn sample(samples: &mut String, start: Instant, procs: [&Proc; 3]) {
 
 /// RSS (KiB) and open descriptors of a process.
 fn usage(pid: u32) -> (u64, i64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
+    let rss = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(-1, |d| d.count() as i64);
     (rss, fds)
 }
@@ -590,17 +580,8 @@ async fn flows(port: u16) -> (u64, String) {
 async fn run(cli: &Cli) -> io::Result<i32> {
     let bin = match &cli.translator {
         Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| bad("no folder"))?
-            .join("serval-translator"),
+        None => translator_binary()?,
     };
-    if !bin.exists() {
-        return Err(bad(format!(
-            "{} missing: cargo build --release -p translator",
-            bin.display()
-        )));
-    }
     let out = std::fs::canonicalize({
         std::fs::create_dir_all(&cli.out)?;
         &cli.out

@@ -217,6 +217,22 @@ pub async fn exchange_on(mut s: TcpStream, up: u64, down: u64) -> io::Result<Exc
     read_answer(s, up).await
 }
 
+impl Exchange {
+    /// What a download ended with: the server's account line, the account the client
+    /// expected, and the bytes it received with their running hash.
+    fn new(line: &[u8], expected: String, back: u64, h: Sha256) -> Self {
+        let line = String::from_utf8_lossy(line).into_owned();
+        let (saw, tag) = line.rsplit_once(' ').unwrap_or((&line, ""));
+        Self {
+            server_saw: saw.to_owned(),
+            tag: tag.to_owned(),
+            expected,
+            back,
+            back_sha: h.finalize().into(),
+        }
+    }
+}
+
 /// The server's account line (`<bytes received> <sha256>`), without its newline.
 async fn account_line<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Vec<u8>> {
     let mut line = Vec::new();
@@ -248,15 +264,7 @@ pub async fn read_answer(mut s: TcpStream, up: u64) -> io::Result<Exchange> {
         h.update(&buf[..k]);
         back += k as u64;
     }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    let (saw, tag) = line.rsplit_once(' ').unwrap_or((&line, ""));
-    Ok(Exchange {
-        server_saw: saw.to_owned(),
-        tag: tag.to_owned(),
-        expected,
-        back,
-        back_sha: h.finalize().into(),
-    })
+    Ok(Exchange::new(&line, expected, back, h))
 }
 
 /// Waits (bounded) until `f` holds, checking every 10 ms.
@@ -426,13 +434,5 @@ pub async fn exchange_gated(
         h.update(&buf[..k]);
         back += k as u64;
     }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    let (saw, tag) = line.rsplit_once(' ').unwrap_or((&line, ""));
-    Ok(Exchange {
-        server_saw: saw.to_owned(),
-        tag: tag.to_owned(),
-        expected,
-        back,
-        back_sha: h.finalize().into(),
-    })
+    Ok(Exchange::new(&line, expected, back, h))
 }
