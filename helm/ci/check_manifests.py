@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Lint and render the serval-translator chart with every profile in helm/ci/ and check the
 manifests: what each profile must produce, the probes, securityContext and exact capability
-set of every container, the drain timing, the config checksum, the monitoring objects, and
-that the chart refuses the invalid profiles and the misconfigurations it promises to refuse.
+set of every container, the drain timing, the config checksum, the monitoring objects, the
+router's state volume and router.state_file, and that the chart refuses the invalid profiles
+and the misconfigurations it promises to refuse.
 
 With SERVAL_TRANSLATOR_BIN set, every rendered policy also goes through
 `serval-translator check-config --skip-files` with the container's environment (exit 0).
@@ -32,9 +33,17 @@ ADMIN_PORT = 9901
 SERVAL_PORT = 54325
 NONROOT_UID = 65532
 PRESTOP = ["/serval-translator", "drain", "--wait"]
+# roles.router.state: the volume's mount and the state_file the chart puts in the policy.
+STATE_DIR = "/var/lib/serval"
+STATE_FILE = f"{STATE_DIR}/router-state.json"
+STATE_CLAIM = "serval-router-state"  # roles.router.state.existingClaim in router-state-pvc.yaml
+# The first line of this form in a helm/ci/invalid/ file: refused by a template (this text in
+# the error), not by the schema.
+REFUSED_WITH = re.compile(r"^# refused-with: (.+)$", re.M)
 
 # What each profile must render. workloads: role -> (kind, translator caps, init caps or None,
-# hostNetwork). services: the Service names (without the release prefix).
+# hostNetwork). services: the Service names (without the release prefix). router_state: the
+# router's state volume, "emptyDir" (the default) or "pvc" (roles.router.state.existingClaim).
 PROFILES = {
     "default.yaml": {
         "workloads": {
@@ -51,6 +60,13 @@ PROFILES = {
         "services": {"router", "router-admin"},
         "secret": True,
         "monitoring": False,
+    },
+    "router-state-pvc.yaml": {
+        "workloads": {"router": ("Deployment", set(), None, False)},
+        "services": {"router", "router-admin"},
+        "secret": True,
+        "monitoring": False,
+        "router_state": "pvc",
     },
     "client-redirect-daemonset.yaml": {
         "workloads": {"client": ("DaemonSet", set(), {"NET_ADMIN"}, True)},
@@ -84,8 +100,8 @@ PROFILES = {
     },
 }
 
-# Values the templates must refuse with a message containing the given text
-# (beside helm/ci/invalid/, which the schema refuses).
+# Values the templates must refuse with a message containing the given text (beside
+# helm/ci/invalid/: refused by the schema, or by a template with its `# refused-with:` text).
 TEMPLATE_REFUSALS = [
     (["--set", "roles.router.policy.admin.listen=127.0.0.1:9901"], "managed by the chart"),
     (["--set", "roles.router.policy.drain.grace_period=90s"], "managed by the chart"),
@@ -210,6 +226,64 @@ def check_config(profile, role, policy_text, ctr):
     return True
 
 
+def check_router_state(profile, deploy, policy, expect):
+    """The router's state: expect is "emptyDir", "pvc" (roles.router.state.existingClaim) or
+    None (roles.router.state.enabled false): the volume, its writable mount at STATE_DIR,
+    router.state_file in the policy, and the strategy (Recreate only with the claim)."""
+    where = "Deployment/router"
+    spec = deploy["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    (ctr,) = [c for c in spec["containers"] if c["name"] == "translator"] or [{}]
+    mounts = {m["name"]: m for m in ctr.get("volumeMounts", [])}
+    state_file = (policy.get("router") or {}).get("state_file")
+    strategy = deploy["spec"].get("strategy") or {}
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+    if expect is None:
+        if "state" in vols or "state" in mounts:
+            fail(profile, f"{where}: a state volume/mount although roles.router.state.enabled is false")
+        if strategy.get("type") != "RollingUpdate":
+            fail(profile, f"{where}: strategy {strategy}, expected RollingUpdate")
+        return
+    if state_file != STATE_FILE:
+        fail(profile, f"{where}: router.state_file in the policy is {state_file!r}, expected {STATE_FILE}")
+    mount = mounts.get("state") or {}
+    if mount.get("mountPath") != STATE_DIR or mount.get("readOnly"):
+        fail(profile, f"{where}: state volume mount {mount}, expected writable at {STATE_DIR} "
+                      f"(the state file is written as a temp file + rename there)")
+    vol = vols.get("state") or {}
+    if expect == "emptyDir":
+        if not (vol.get("emptyDir") or {}).get("sizeLimit"):
+            fail(profile, f"{where}: state volume {vol}, expected an emptyDir with a sizeLimit")
+        if strategy.get("type") != "RollingUpdate":
+            fail(profile, f"{where}: strategy {strategy}, expected RollingUpdate with the emptyDir")
+    else:
+        claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim != STATE_CLAIM:
+            fail(profile, f"{where}: state volume {vol}, expected persistentVolumeClaim {STATE_CLAIM}")
+        if strategy != {"type": "Recreate"}:
+            fail(profile, f"{where}: strategy {strategy}, expected Recreate with the state claim "
+                          f"(one router on the ReadWriteOnce volume and the file at a time)")
+        if deploy["spec"].get("replicas") not in (0, 1):
+            fail(profile, f"{where}: {deploy['spec'].get('replicas')} replicas on one state claim")
+        if fs_group != NONROOT_UID:
+            fail(profile, f"{where}: fsGroup {fs_group}, expected {NONROOT_UID} (the non-root router writes the claim)")
+
+
+def check_router_state_off():
+    """roles.router.state.enabled false: no volume, and the policy's own router.state_file (if
+    any) passes through untouched."""
+    name = "state.enabled=false"
+    off = ["--set", "roles.router.state.enabled=false"]
+    for extra, want in (([], None), (["--set", "roles.router.policy.router.state_file=own/state.json"], "own/state.json")):
+        objs = index(render(off + extra))
+        policy = yaml.safe_load(objs[("ConfigMap", f"{FULL}-router")]["data"]["policy.yaml"])
+        got = (policy.get("router") or {}).get("state_file")
+        if got != want:
+            fail(name, f"router.state_file is {got!r}, expected {want!r} (the user's policy, untouched)")
+        check_router_state(name, objs[("Deployment", f"{FULL}-router")], policy, None)
+    print(f"ok   {name}: no state volume, the policy's router.state_file left alone")
+
+
 def check_profile(name, expect):
     values = ["-f", str(CI / name)]
     lint = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, *values, check=False)
@@ -288,6 +362,8 @@ def check_profile(name, expect):
         policy = yaml.safe_load(policy_text)
         check_policy_fields(name, role, policy)
         vols = {v["name"]: v for v in spec.get("volumes", [])}
+        if role == "router":
+            check_router_state(name, w, policy, expect.get("router_state", "emptyDir"))
         if (vols.get("policy", {}).get("configMap") or {}).get("name") != cm_name:
             fail(name, f"{where}: volume 'policy' is not ConfigMap {cm_name}")
         checksum = (pod["metadata"].get("annotations") or {}).get("checksum/config", "")
@@ -362,16 +438,25 @@ def check_profile(name, expect):
 
 
 def check_refusals():
+    """Every helm/ci/invalid/ file is refused by values.schema.json, or, when it has a
+    `# refused-with: TEXT` line, by a template with TEXT in the error (and not the schema)."""
     for path in sorted((CI / "invalid").glob("*.yaml")):
         name = f"invalid/{path.name}"
-        lint = helm("lint", str(CHART), "-f", str(path), check=False)
+        expected = REFUSED_WITH.search(path.read_text())
+        by = f"a template ({expected.group(1).strip()!r})" if expected else "values.schema.json"
         tmpl = helm("template", RELEASE, str(CHART), "-f", str(path), check=False)
-        if lint.returncode == 0 or tmpl.returncode == 0:
-            fail(name, f"accepted (lint exit {lint.returncode}, template exit {tmpl.returncode}); values.schema.json must refuse it")
-        elif "schema" not in (tmpl.stderr + tmpl.stdout).lower():
+        out = tmpl.stderr + tmpl.stdout
+        # helm lint runs the schema but lets a template's `fail` pass (it logs it), so only
+        # schema refusals are expected from lint.
+        lint_rc = 1 if expected else helm("lint", str(CHART), "-f", str(path), check=False).returncode
+        if lint_rc == 0 or tmpl.returncode == 0:
+            fail(name, f"accepted (lint exit {lint_rc}, template exit {tmpl.returncode}); {by} must refuse it")
+        elif expected and (expected.group(1).strip() not in tmpl.stderr or "schema" in out.lower()):
+            fail(name, f"refused, but not by {by}:\n{tmpl.stderr}")
+        elif not expected and "schema" not in out.lower():
             fail(name, f"refused, but not by the schema:\n{tmpl.stderr}")
         else:
-            print(f"ok   {name}: refused by values.schema.json")
+            print(f"ok   {name}: refused by {by}")
     for args, text in TEMPLATE_REFUSALS:
         tmpl = helm("template", RELEASE, str(CHART), *args, check=False)
         if tmpl.returncode == 0 or text not in tmpl.stderr:
@@ -403,17 +488,28 @@ def main():
     if lint.returncode != 0:
         fail("values.yaml", f"helm lint of the defaults failed:\n{lint.stdout}{lint.stderr}")
     else:
-        kinds = sorted({(d["kind"], d["metadata"]["name"]) for d in render([])})
+        defaults = render([])
+        kinds = sorted({(d["kind"], d["metadata"]["name"]) for d in defaults})
         if ("Deployment", f"{FULL}-router") not in kinds or any(k == "Deployment" and n != f"{FULL}-router" for k, n in kinds):
             fail("values.yaml", f"defaults should render the router only: {kinds}")
         else:
-            print("ok   values.yaml defaults: router only")
+            objs = index(defaults)
+            policy = yaml.safe_load(objs[("ConfigMap", f"{FULL}-router")]["data"]["policy.yaml"])
+            before = len(failures)
+            check_router_state("values.yaml", objs[("Deployment", f"{FULL}-router")], policy, "emptyDir")
+            if len(failures) == before:
+                print(f"ok   values.yaml defaults: router only, state on an emptyDir at {STATE_DIR}, "
+                      f"router.state_file {STATE_FILE}")
     for name, expect in PROFILES.items():
         if (CI / name).exists():
             try:
                 check_profile(name, expect)
             except RuntimeError as e:
                 fail(name, str(e))
+    try:
+        check_router_state_off()
+    except RuntimeError as e:
+        fail("state.enabled=false", str(e))
     if not list((CI / "invalid").glob("*.yaml")):
         fail("helm/ci/invalid", "no invalid profile")
     check_refusals()

@@ -44,9 +44,20 @@ app.kubernetes.io/component: {{ .role }}
 {{- end -}}
 
 {{/*
+The router's state volume (roles.router.state): mounted at this folder, and
+router.state_file names this file in it. The router writes the file atomically (a
+temporary file beside it, renamed over), so the folder itself must be writable: a volume
+of its own, not a file in the read-only root or the policy's ConfigMap folder.
+*/}}
+{{- define "serval-translator.routerStateDir" -}}/var/lib/serval{{- end -}}
+{{- define "serval-translator.routerStateFile" -}}
+{{- printf "%s/router-state.json" (include "serval-translator.routerStateDir" .) -}}
+{{- end -}}
+
+{{/*
 The policy file of one role: the role's `policy` value plus the chart-managed fields
-(serval.bind, admin.listen, drain.grace_period and, for a client with the DNS responder,
-client.dns.listen). Those must match the Service, probe and grace-period values, so the
+(serval.bind, admin.listen, drain.grace_period, for the router with state.enabled
+router.state_file and, for a client with the DNS responder, client.dns.listen). Those must match the Service, probe and grace-period values, so the
 policy may not set them: the template fails and names the value to use instead.
 Call with (dict "root" $ "role" "router").
 */}}
@@ -103,9 +114,18 @@ capabilities: a tproxy listener without NET_ADMIN fails at startup. */ -}}
 {{- end -}}
 {{- $_ := set $chart "client" (dict "dns" (dict "listen" (printf "0.0.0.0:%d" (int $r.dns.containerPort)))) -}}
 {{- end -}}
+{{- if and (eq .role "router") $r.state.enabled -}}
+{{- $router := index $p "router" -}}
+{{- if and (kindIs "map" $router) (hasKey $router "state_file") -}}
+{{- fail "roles.router.policy.router.state_file is managed by the chart while roles.router.state.enabled is true: remove it (the chart sets /var/lib/serval/router-state.json on the state volume; roles.router.state.existingClaim keeps it on a PersistentVolumeClaim), or set roles.router.state.enabled=false to manage the state file yourself" -}}
+{{- end -}}
+{{- $_ := set $chart "router" (dict "state_file" (include "serval-translator.routerStateFile" .root)) -}}
+{{- end -}}
 {{- $out := mustMergeOverwrite $p $chart -}}
 # Rendered by the serval-translator chart for the {{ .role }} role: roles.{{ .role }}.policy
-# plus the chart-managed serval.bind, admin.listen and drain.grace_period.
+# plus the chart-managed serval.bind, admin.listen
+{{- if and (eq .role "router") $r.state.enabled }}, drain.grace_period and router.state_file.
+{{- else }} and drain.grace_period.{{ end }}
 {{ toYaml $out }}
 {{- end -}}
 

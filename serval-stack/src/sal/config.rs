@@ -157,12 +157,14 @@ pub struct FlowConfig {
     /// Retransmissions of one control packet before the flow fails. Default 6 (about a
     /// minute with backoff from 1 s).
     pub max_retransmits: u32,
-    /// Send an authenticated keepalive after this long without sending anything, so NAT
-    /// mappings along the path stay alive. `None` = never. Default 25 s (WireGuard's
-    /// persistent-keepalive figure, under common 30 s UDP NAT timeouts).
+    /// Send an authenticated keepalive after this long without sending a control packet
+    /// (even while data flows), so NAT mappings along the path stay alive and the peer's
+    /// idle timer hears from us in a form nobody can forge. `None` = never. Default 25 s
+    /// (WireGuard's persistent-keepalive figure, under common 30 s UDP NAT timeouts).
     pub keepalive: Option<Duration>,
-    /// Close the flow after this long without receiving anything. `None` = never.
-    /// Default 5 min.
+    /// Close the flow after this long without hearing from the peer: an authenticated
+    /// control packet or a segment the stream accepts (forged or refused data does not
+    /// count). Keep it well above the peer's `keepalive`. `None` = never. Default 5 min.
     pub idle_timeout: Option<Duration>,
     /// Challenges sent for one path validation before giving up on the new address.
     /// Default 5.

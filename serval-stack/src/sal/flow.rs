@@ -230,8 +230,14 @@ pub struct Flow {
     /// The conn-ACK (carrying the transport's ACK) must be (re)sent.
     conn_ack_owed: bool,
     transport: Transport,
+    /// When the peer last proved it is there: an authenticated control packet or a segment
+    /// the stream accepted (the idle timer; forged data does not count).
     last_recv: Timestamp,
-    last_send: Timestamp,
+    /// When we last sent an authenticated control packet. Keepalives go out when this is
+    /// `keepalive` old even while data flows, so the peer's idle timer always has
+    /// authenticated evidence (data is not MACed, and a zero-window receiver refuses every
+    /// probe it gets).
+    last_control_send: Timestamp,
     half_open_deadline: Option<Timestamp>,
     events: VecDeque<Event>,
     endpoint_events: VecDeque<EndpointEvent>,
@@ -286,7 +292,7 @@ impl Flow {
             conn_ack_owed: false,
             transport: Transport::None,
             last_recv: p.now,
-            last_send: p.now,
+            last_control_send: p.now,
             half_open_deadline: None,
             events: VecDeque::new(),
             endpoint_events: VecDeque::new(),
@@ -582,7 +588,7 @@ impl Flow {
             .config
             .keepalive
             .filter(|_| self.state == State::Connected)
-            .map(|k| self.last_send + k);
+            .map(|k| self.last_control_send + k);
         let idle = self
             .config
             .idle_timeout
@@ -648,7 +654,7 @@ impl Flow {
             if self
                 .config
                 .keepalive
-                .is_some_and(|k| now - self.last_send >= k)
+                .is_some_and(|k| now - self.last_control_send >= k)
             {
                 self.ack_owed = true;
                 self.stats.keepalives_sent += 1;
@@ -729,7 +735,7 @@ impl Flow {
             // The client has our SYN-ACK and already sends data: its conn-ACK was lost.
             // Repeat the SYN-ACK now (at most once per minimum RTO) so it answers again,
             // instead of waiting for our retransmission timer.
-            if now - self.last_send >= self.config.min_rto {
+            if now - self.last_control_send >= self.config.min_rto {
                 self.rtx.due = true;
             }
             return self.drop(DropReason::UnexpectedData);
@@ -740,7 +746,6 @@ impl Flow {
         if !open || src_flow != self.peer_flow {
             return self.drop(DropReason::UnexpectedData);
         }
-        self.last_recv = now;
         self.stats.data_packets_received += 1;
         self.stats.bytes_received += payload.len() as u64;
         let limit = self.config.datagram_queue;
@@ -751,17 +756,20 @@ impl Flow {
                 if is_tcp_rst(payload) {
                     return self.drop(DropReason::BadMac);
                 }
-                // Data is not MACed: from a new address, only a segment the stream accepts
-                // (timestamps, sequence and ACK in window, which a blind forger with leaked
-                // FlowIDs cannot produce) is evidence the peer moved (NAT rebinding). A
-                // refused one must not start a path validation, or anyone knowing the two
-                // FlowIDs could make the flow send challenges to an address of their choice.
-                let moved = from != self.peer_addr;
-                let refused_before = moved.then(|| stream.stats().dropped_segments);
+                // Data is not MACed: only a segment the stream accepts (timestamps,
+                // sequence and ACK in window, which a blind forger with leaked FlowIDs
+                // cannot produce) is evidence that the peer is alive (the idle timer) or
+                // moved (NAT rebinding). A refused one must not start a path validation, or
+                // anyone knowing the two FlowIDs could make the flow send challenges to an
+                // address of their choice, nor keep a silent peer's flow open.
+                let refused_before = stream.stats().dropped_segments;
                 if stream.handle_bytes(now, payload).is_err() {
                     return self.drop(DropReason::Malformed);
                 }
-                let accepted = refused_before.is_none_or(|n| stream.stats().dropped_segments == n);
+                let accepted = stream.stats().dropped_segments == refused_before;
+                if accepted {
+                    self.last_recv = now;
+                }
                 self.drain_stream_events();
                 if accepted && self.state != State::Closed {
                     self.observe_address(from, false);
@@ -778,6 +786,7 @@ impl Flow {
                     return self.drop(DropReason::QueueFull);
                 }
                 d.recv.push_back(payload.to_vec());
+                self.last_recv = now;
                 self.events.push_back(Event::Readable);
                 // Datagrams carry no sequence to check: any of them may show a rebinding.
                 self.observe_address(from, false);
@@ -1252,7 +1261,6 @@ impl Flow {
         packet.set_dst_flow_id(self.peer_flow);
         packet.set_protocol(self.protocol);
         packet.fill_checksum();
-        self.last_send = now;
         self.stats.data_packets_sent += 1;
         self.stats.bytes_sent += payload_len as u64;
         Some(Transmit {
@@ -1387,7 +1395,7 @@ impl Flow {
         buf.resize(hlen + payload.len(), 0);
         buf[hlen..].copy_from_slice(payload);
         repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
-        self.last_send = now;
+        self.last_control_send = now;
         Transmit {
             destination: self.peer_addr,
             size: buf.len(),

@@ -410,6 +410,44 @@ fn an_authenticated_rst_resets_the_peer_and_a_replayed_fin_is_stale() {
 }
 
 #[test]
+fn forged_stream_data_does_not_keep_a_silent_peers_flow_alive() {
+    let mut p = Pair::establish(Pair::with_protocol(Protocol::TCP));
+    let _ = drain(&mut p.client, p.now);
+    let _ = p.server_out();
+    let forged = forged_stream_data(p.client.local_flow(), p.server().local_flow());
+    // The client falls silent; a forger with both FlowIDs sends a segment every 30 s, even
+    // from the client's own address. The stream refuses each, so none of them counts as
+    // hearing from the peer: the idle timeout (5 min) still ends the flow.
+    for _ in 0..12 {
+        p.advance(Duration::from_secs(30));
+        p.deliver_to_server(addr(CLIENT), &forged);
+        let _ = p.server_out();
+    }
+    // The forged segments reached the flow while it was open (and the stream refused them).
+    assert!(p.server().stats().data_packets_received >= 5);
+    assert!(events(p.server()).contains(&Event::Closed(CloseReason::IdleTimeout)));
+}
+
+#[test]
+fn a_flow_sending_data_still_sends_keepalives() {
+    let mut p = Pair::establish(Pair::with_protocol(Protocol::TCP));
+    // A data segment every 10 s for a minute: the peer must still get an authenticated
+    // packet every 25 s, since its idle timer does not trust data.
+    for _ in 0..6 {
+        p.advance(Duration::from_secs(10));
+        p.client.write(b"tick").unwrap();
+        for (_, d) in drain(&mut p.client, p.now) {
+            p.deliver_to_server(addr(CLIENT), &d);
+        }
+        for (_, d) in p.server_out() {
+            p.deliver_to_client(addr(SERVER), &d);
+        }
+    }
+    assert_eq!(p.client.stats().keepalives_sent, 2);
+    assert!(p.client.stats().data_packets_sent >= 6);
+}
+
+#[test]
 fn an_idle_flow_sends_keepalives_and_a_silent_peer_times_out() {
     let mut p = Pair::established();
     let _ = drain(&mut p.client, p.now);
@@ -492,14 +530,12 @@ fn a_replayed_packet_from_elsewhere_cannot_move_the_flow() {
     assert!(p.server().is_established());
 }
 
-#[test]
-fn forged_stream_data_with_leaked_flow_ids_starts_no_path_validation() {
-    let mut p = Pair::establish(Pair::with_protocol(Protocol::TCP));
-    let _ = drain(&mut p.client, p.now);
-    let _ = p.server_out();
-    let (client_flow, server_flow) = (p.client.local_flow(), p.server().local_flow());
-    // An off-path attacker who read both FlowIDs (an admin listing) but not the stream's
-    // sequence numbers: a data packet with a made-up segment, from its own address.
+/// What an off-path attacker who read both FlowIDs (an admin listing) but not the stream's
+/// sequence numbers can send: a data packet with a made-up segment.
+fn forged_stream_data(
+    client_flow: crate::wire::FlowId,
+    server_flow: crate::wire::FlowId,
+) -> Vec<u8> {
     let segment = {
         let tcp = crate::wire::tcp::TcpRepr {
             seq_number: crate::wire::tcp::SeqNumber(0x1234_5678),
@@ -520,6 +556,16 @@ fn forged_stream_data_with_leaked_flow_ids_starts_no_path_validation() {
     let mut forged = vec![0; header.buffer_len() + segment.len()];
     forged[header.buffer_len()..].copy_from_slice(&segment);
     header.emit(&mut Packet::new_unchecked(&mut forged[..]));
+    forged
+}
+
+#[test]
+fn forged_stream_data_with_leaked_flow_ids_starts_no_path_validation() {
+    let mut p = Pair::establish(Pair::with_protocol(Protocol::TCP));
+    let _ = drain(&mut p.client, p.now);
+    let _ = p.server_out();
+    let (client_flow, server_flow) = (p.client.local_flow(), p.server().local_flow());
+    let forged = forged_stream_data(client_flow, server_flow);
     p.deliver_to_server(addr("203.0.113.66:999"), &forged);
     let out = p.server_out();
     assert!(
