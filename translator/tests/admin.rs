@@ -210,6 +210,23 @@ fn within_1_percent(got: f64, want: f64) -> bool {
     (got - want).abs() <= want * 0.01
 }
 
+/// Checks `role`'s relayed bytes against the payloads: within 1 %, as the protocol's
+/// framing adds a few bytes each way.
+fn assert_relay_bytes(series: &[Series], role: &str, up: u64, down: u64) {
+    for (direction, want) in [("upstream", up), ("downstream", down)] {
+        let got = value(
+            series,
+            "serval_relay_bytes_total",
+            &[("role", role), ("direction", direction)],
+        )
+        .unwrap();
+        assert!(
+            within_1_percent(got, want as f64),
+            "{role} {direction} {got}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_real_connections_exactly_and_bytes_within_one_percent() {
     const N: u64 = 5;
@@ -242,21 +259,7 @@ async fn metrics_count_real_connections_exactly_and_bytes_within_one_percent() {
     assert_eq!(c("serval_connections_active", &[role]), Some(0.0));
     // Upstream: the 8-byte length and the upload; downstream: the account line and the
     // download (the protocol of `common::exchange`).
-    let up = c(
-        "serval_relay_bytes_total",
-        &[role, ("direction", "upstream")],
-    )
-    .unwrap();
-    let down = c(
-        "serval_relay_bytes_total",
-        &[role, ("direction", "downstream")],
-    )
-    .unwrap();
-    assert!(within_1_percent(up, (N * UP) as f64), "upstream {up}");
-    assert!(
-        within_1_percent(down, (N * DOWN) as f64),
-        "downstream {down}"
-    );
+    assert_relay_bytes(&client, "client", N * UP, N * DOWN);
     // Histograms: one observation per connection of this listener.
     let l = [role, ("name", "metrics-web")];
     assert_eq!(
@@ -315,21 +318,7 @@ async fn metrics_count_real_connections_exactly_and_bytes_within_one_percent() {
         s("serval_backend_connect_attempts_total", &[]),
         Some(N as f64)
     );
-    let up = s(
-        "serval_relay_bytes_total",
-        &[role, ("direction", "upstream")],
-    )
-    .unwrap();
-    let down = s(
-        "serval_relay_bytes_total",
-        &[role, ("direction", "downstream")],
-    )
-    .unwrap();
-    assert!(within_1_percent(up, (N * UP) as f64), "upstream {up}");
-    assert!(
-        within_1_percent(down, (N * DOWN) as f64),
-        "downstream {down}"
-    );
+    assert_relay_bytes(&server, "server", N * UP, N * DOWN);
     assert_eq!(
         s(
             "serval_relay_duration_seconds_count",
@@ -634,18 +623,13 @@ async fn health_readiness_config_reload_and_hostile_requests() {
 
     // A reload with an invalid policy: 400 naming the field and its line; the old policy
     // stays. Reloads are served by the translator's owner (`serve`, as `run` does).
-    std::fs::write(
+    let answer = reload(
+        &mut t,
         &file.path,
+        &env,
         client_policy(router.serval_addr(), port.addr(), "1KiB"),
     )
-    .unwrap();
-    let answer = {
-        let serve = t.serve(&file.path, &env);
-        tokio::select! {
-            r = serve => panic!("serve ended: {r:?}"),
-            a = post(a, "/reload", b"") => a,
-        }
-    };
+    .await;
     assert_eq!(answer.status, 400, "{}", answer.body);
     let v: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     let p = &v["problems"][0];
@@ -655,18 +639,13 @@ async fn health_readiness_config_reload_and_hostile_requests() {
     assert!(get(a, "/config").await.body.contains("buffer_size: 64KiB"));
 
     // A valid one is applied: 200 with what changed.
-    std::fs::write(
+    let answer = reload(
+        &mut t,
         &file.path,
+        &env,
         client_policy(router.serval_addr(), port.addr(), "128KiB"),
     )
-    .unwrap();
-    let answer = {
-        let serve = t.serve(&file.path, &env);
-        tokio::select! {
-            r = serve => panic!("serve ended: {r:?}"),
-            a = post(a, "/reload", b"") => a,
-        }
-    };
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(get(a, "/config").await.body.contains("buffer_size: 128KiB"));
 
@@ -723,6 +702,22 @@ async fn health_readiness_config_reload_and_hostile_requests() {
     assert!(t.drain().await.clean);
     // Stopped with the translator.
     wait_closed(a).await;
+}
+
+/// Writes `text` to `t`'s policy file at `path` and posts `/reload`, serving `t` meanwhile:
+/// its owner applies reloads (as `run` does), so nothing would answer otherwise.
+async fn reload(
+    t: &mut Translator,
+    path: &Path,
+    env: &HashMap<String, String>,
+    text: String,
+) -> Answer {
+    std::fs::write(path, text).unwrap();
+    let a = admin(t);
+    tokio::select! {
+        r = t.serve(path, env) => panic!("serve ended: {r:?}"),
+        answer = post(a, "/reload", b"") => answer,
+    }
 }
 
 /// Writes `bytes` on a fresh connection and reads whatever comes back until the server

@@ -90,9 +90,11 @@ impl Harness {
         .await
     }
 
-    async fn stop(self) {
+    /// Drains and waits for `serve` to return; the counters then include every flow.
+    async fn stop(self) -> ServerStats {
         self.drain.send_replace(true);
         within("serve returns", self.task).await.unwrap().unwrap();
+        self.counters.snapshot()
     }
 }
 
@@ -122,6 +124,22 @@ async fn backend_at(addr: SocketAddr, mode: Mode) -> (SocketAddr, JoinHandle<()>
 
 async fn backend(mode: Mode) -> (SocketAddr, JoinHandle<()>) {
     backend_at("127.0.0.1:0".parse().unwrap(), mode).await
+}
+
+/// A [`Mode::Proxy`] backend and the receiver of the headers it reads.
+async fn proxy_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (addr, task) = backend(Mode::Proxy(tx)).await;
+    (addr, rx, task)
+}
+
+/// The addresses of the next header a [`proxy_backend`] read, which must be PROXY v2.
+async fn v2_addresses(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> ppp::v2::Addresses {
+    let header = within("header", rx.recv()).await.unwrap();
+    let ppp::HeaderResult::V2(Ok(v2)) = ppp::HeaderResult::parse(&header) else {
+        panic!("not a v2 header");
+    };
+    v2.addresses
 }
 
 async fn handle(mut s: TcpStream, mode: Mode) {
@@ -176,6 +194,39 @@ async fn dead_addr() -> SocketAddr {
 
 fn id() -> ServiceId {
     ServiceId::from_u32(0x0a00_0001)
+}
+
+/// A policy with one `web` service on `0x0a:8` (so [`id`] reaches it) over the backends
+/// `addrs`; `keys` are further lines of the service, unindented.
+fn web_policy(addrs: &[SocketAddr], keys: &str) -> String {
+    let backends: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{address: \"{a}\"}}"))
+        .collect();
+    let mut yaml = format!(
+        "server:\n  services:\n    - name: web\n      prefix: \"0x0a:8\"\n      backends: [{}]\n",
+        backends.join(", ")
+    );
+    for line in keys.lines() {
+        yaml.push_str("      ");
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    yaml
+}
+
+/// `len` reproducible bytes that do not compress or repeat (xorshift64 from `seed`, each
+/// state little-endian), so a relay that drops or reorders anything changes their hash.
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut x = seed;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    data
 }
 
 fn two_backend_policy(a: SocketAddr, b: SocketAddr, balance: &str, weights: (u32, u32)) -> String {
@@ -258,16 +309,9 @@ async fn consistent_hash_keeps_each_client_translator_on_one_backend() {
 async fn a_refusing_backend_is_retried_elsewhere_then_ejected() {
     let dead = dead_addr().await;
     let (live, _t) = backend(Mode::Tag(b'l')).await;
-    let yaml = format!(
-        r#"
-server:
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{dead}"}}, {{address: "{live}"}}]
-      retries: 2
-      outlier: {{consecutive_failures: 2, ejection_time: 5m}}
-"#
+    let yaml = web_policy(
+        &[dead, live],
+        "retries: 2\noutlier: {consecutive_failures: 2, ejection_time: 5m}",
     );
     let h = Harness::start(&yaml, None).await;
     for _ in 0..6 {
@@ -287,17 +331,7 @@ server:
 #[tokio::test]
 async fn no_backend_resets_the_flow() {
     let dead = dead_addr().await;
-    let yaml = format!(
-        r#"
-server:
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{dead}"}}]
-      retries: 3
-"#
-    );
-    let h = Harness::start(&yaml, None).await;
+    let h = Harness::start(&web_policy(&[dead], "retries: 3"), None).await;
     let r = h.exchange(&h.client, id(), b"q").await;
     assert!(
         r.is_err(),
@@ -315,15 +349,9 @@ server:
 #[tokio::test]
 async fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     let (addr, task) = backend(Mode::Tag(b'h')).await;
-    let svc = config(&format!(
-        r#"
-server:
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{addr}"}}]
-      health_check: {{interval: 50ms, timeout: 40ms, healthy_threshold: 2, unhealthy_threshold: 2}}
-"#
+    let svc = config(&web_policy(
+        &[addr],
+        "health_check: {interval: 50ms, timeout: 40ms, healthy_threshold: 2, unhealthy_threshold: 2}",
     ))
     .server
     .clone()
@@ -365,18 +393,8 @@ server:
 #[tokio::test]
 async fn proxy_protocol_v1_and_v2_headers_reach_the_backend() {
     for version in ["v1", "v2"] {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (addr, _t) = backend(Mode::Proxy(tx)).await;
-        let yaml = format!(
-            r#"
-server:
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{addr}"}}]
-      proxy_protocol: {version}
-"#
-        );
+        let (addr, mut rx, _t) = proxy_backend().await;
+        let yaml = web_policy(&[addr], &format!("proxy_protocol: {version}"));
         let h = Harness::start(&yaml, None).await;
         let out = h
             .exchange(&h.client, id(), b"payload after the header")
@@ -521,25 +539,9 @@ async fn hickory_resolver_reads_a_dns_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_is_byte_exact_over_multiple_mib() {
     let (addr, _t) = backend(Mode::Echo).await;
-    let yaml = format!(
-        r#"
-server:
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{addr}"}}]
-"#
-    );
-    let h = Harness::start(&yaml, None).await;
-    // 4 MiB of pseudo-random bytes (xorshift), written while the echo is read back.
-    let mut data = vec![0u8; 4 << 20];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let h = Harness::start(&web_policy(&[addr], ""), None).await;
+    // 4 MiB of pseudo-random bytes, written while the echo is read back.
+    let data = pseudo_random(0x9e37_79b9_7f4a_7c15, 4 << 20);
     let sent = Sha256::digest(&data);
     let s = h.open(&h.client, id()).await;
     let (mut r, mut w) = tokio::io::split(s);
@@ -552,10 +554,7 @@ server:
     within("writer", writer).await.unwrap();
     assert_eq!(got.len(), 4 << 20);
     assert_eq!(Sha256::digest(&got), sent);
-    let counters = h.counters.clone();
-    h.stop().await;
-    // After `serve` returned every flow has been counted.
-    let st = counters.snapshot();
+    let st = h.stop().await;
     assert_eq!(st.bytes_to_backends, 4 << 20);
     assert_eq!(st.bytes_from_backends, 4 << 20);
     assert_eq!(st.outcome_finished, 1);
@@ -565,14 +564,8 @@ server:
 async fn drain_withdraws_listeners_and_stops_lingering_flows() {
     let (addr, _t) = backend(Mode::Echo).await;
     let yaml = format!(
-        r#"
-drain: {{grace_period: 200ms}}
-server:
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{addr}"}}]
-"#
+        "drain: {{grace_period: 200ms}}\n{}",
+        web_policy(&[addr], "")
     );
     let h = Harness::start(&yaml, None).await;
     // A flow that stays open: one round trip proves it is relayed, then it idles.
@@ -580,14 +573,13 @@ server:
     s.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     within("echo", s.read_exact(&mut buf)).await.unwrap();
-    let counters = h.counters.clone();
     let (server, client) = (h.server.clone(), h.client.clone());
-    h.stop().await;
+    let st = h.stop().await;
     // The lingering flow was stopped at the end of the grace period and reset.
     let mut rest = Vec::new();
     let r = within("reset", s.read_to_end(&mut rest)).await;
     assert!(r.is_err(), "stopped flows are reset: {r:?}");
-    assert_eq!(counters.snapshot().outcome_stopped, 1);
+    assert_eq!(st.outcome_stopped, 1);
     // Nothing listens any more.
     let again = within("connect", client.connect_to(id(), server.local_addr())).await;
     assert!(again.is_err());
@@ -641,18 +633,10 @@ server:
     h.stop().await;
 }
 
+/// PROXY v2 to the backend at `addr`; `trust` is `server.trust_client_address` (a key of
+/// `server:`, after the service list).
 fn proxy_policy(addr: SocketAddr, trust: bool) -> String {
-    format!(
-        r#"
-server:
-  trust_client_address: {trust}
-  services:
-    - name: web
-      prefix: "0x0a:8"
-      backends: [{{address: "{addr}"}}]
-      proxy_protocol: v2
-"#
-    )
+    web_policy(&[addr], "proxy_protocol: v2") + &format!("  trust_client_address: {trust}\n")
 }
 
 #[tokio::test]
@@ -660,8 +644,7 @@ async fn a_client_translators_preamble_is_stripped_and_its_address_used() {
     let legacy: SocketAddr = "10.50.0.1:40000".parse().unwrap();
     let original: SocketAddr = "127.0.0.1:8081".parse().unwrap();
     for trust in [true, false] {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (addr, _t) = backend(Mode::Proxy(tx)).await;
+        let (addr, mut rx, _t) = proxy_backend().await;
         let h = Harness::start(&proxy_policy(addr, trust), None).await;
         let mut data = crate::client_address::preamble(legacy, original).unwrap();
         data.extend_from_slice(b"payload after the preamble");
@@ -670,23 +653,17 @@ async fn a_client_translators_preamble_is_stripped_and_its_address_used() {
             out, b"payload after the preamble",
             "the preamble is stripped"
         );
-        let header = within("header", rx.recv()).await.unwrap();
-        let ppp::HeaderResult::V2(Ok(v2)) = ppp::HeaderResult::parse(&header) else {
-            panic!("not a v2 header");
-        };
         let want = if trust {
             (legacy, original)
         } else {
             (h.client.local_addr(), addr)
         };
         assert_eq!(
-            v2.addresses,
+            v2_addresses(&mut rx).await,
             ppp::v2::Addresses::from(want),
             "trust={trust}"
         );
-        let counters = h.counters.clone();
-        h.stop().await;
-        let st = counters.snapshot();
+        let st = h.stop().await;
         assert_eq!(st.preambles, 1);
         assert_eq!(st.outcome_finished, 1);
     }
@@ -694,31 +671,18 @@ async fn a_client_translators_preamble_is_stripped_and_its_address_used() {
 
 #[tokio::test]
 async fn a_native_clients_first_bytes_reach_the_backend_intact() {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (addr, _t) = backend(Mode::Proxy(tx)).await;
+    let (addr, mut rx, _t) = proxy_backend().await;
     let h = Harness::start(&proxy_policy(addr, true), None).await;
     // Starts like the signature, then diverges; then 64 KiB of pseudo-random bytes.
     let mut data = b"\r\n\r\n\0\r\nQUI!".to_vec();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for _ in 0..(64 << 10) / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
+    data.extend(pseudo_random(0x2545_f491_4f6c_dd1d, 64 << 10));
     let out = h.exchange(&h.client, id(), &data).await.unwrap();
     assert_eq!(Sha256::digest(&out), Sha256::digest(&data));
-    let header = within("header", rx.recv()).await.unwrap();
-    let ppp::HeaderResult::V2(Ok(v2)) = ppp::HeaderResult::parse(&header) else {
-        panic!("not a v2 header");
-    };
     assert_eq!(
-        v2.addresses,
+        v2_addresses(&mut rx).await,
         ppp::v2::Addresses::from((h.client.local_addr(), addr))
     );
-    let counters = h.counters.clone();
-    h.stop().await;
-    let st = counters.snapshot();
+    let st = h.stop().await;
     assert_eq!(st.preambles, 0);
     assert_eq!(st.bytes_to_backends, data.len() as u64);
 }
@@ -741,9 +705,7 @@ async fn an_oversize_or_garbled_preamble_is_refused() {
             "refused: {r:?}"
         );
     }
-    let counters = h.counters.clone();
-    h.stop().await;
-    let st = counters.snapshot();
+    let st = h.stop().await;
     assert_eq!(st.preamble_too_long, 1);
     assert_eq!(st.preamble_garbled, 1);
     assert_eq!(st.relayed, 0);
