@@ -423,6 +423,13 @@ impl<N: Node> Network<N> {
         }
     }
 
+    /// [`run_until`](Self::run_until) a deadline `limit` from now: the usual bound of a
+    /// test's wait.
+    pub fn run_for(&mut self, limit: Duration, done: impl FnMut(&mut Self) -> bool) -> bool {
+        let deadline = self.now + limit;
+        self.run_until(deadline, done)
+    }
+
     fn collect_transmits(&mut self) {
         let now = self.now;
         for i in 0..self.nodes.len() {

@@ -45,6 +45,8 @@ const SINK_PREFIX: &str = "0x06:8";
 const SINK_ID: &str = "0x06000001";
 const SOURCE_PREFIX: &str = "0x07:8";
 const SOURCE_ID: &str = "0x07000001";
+/// Seed of the servers' pattern (what the source sends).
+const SERVER_SEED: u64 = 7;
 
 /// The namespaces and links of one test (dropped last: declare processes after it).
 struct Topology {
@@ -81,26 +83,13 @@ impl Topology {
             ns.route("10.0.0.0/8", GW_OUTER)
                 .expect("route to the client side");
         }
-        let mut client_links = Vec::new();
-        let mut gw_inner = Vec::new();
-        let (g, c) = veth(&gw, "10.1.0.1/24", &client, "10.1.0.2/24", MTU).expect("link A");
-        client
-            .exec(&[
-                "ip", "route", "add", "default", "via", "10.1.0.1", "metric", "100",
-            ])
-            .expect("default route A");
-        client_links.push(c);
-        gw_inner.push(g);
-        if two_links {
-            let (g, c) = veth(&gw, "10.3.0.1/24", &client, "10.3.0.2/24", MTU).expect("link B");
-            client
-                .exec(&[
-                    "ip", "route", "add", "default", "via", "10.3.0.1", "metric", "200",
-                ])
-                .expect("default route B");
-            client_links.push(c);
-            gw_inner.push(g);
-        }
+        // Link A (10.1.0.0/24), preferred, and link B (10.3.0.0/24).
+        let links = [("A", 1, "100"), ("B", 3, "200")];
+        let (gw_inner, client_links): (Vec<_>, Vec<_>) = links
+            .iter()
+            .take(1 + usize::from(two_links))
+            .map(|&(name, subnet, metric)| client_link(&gw, &client, name, subnet, metric))
+            .unzip();
         gw.enable_forwarding().expect("forwarding");
         if nat {
             let inner = gw_inner
@@ -136,6 +125,50 @@ impl Topology {
             server_link,
         }
     }
+
+    /// The topology of `test`, or `None` (after a loud skip) when not root.
+    fn for_test(test: &str, nat: bool, two_links: bool) -> Option<Self> {
+        require_root(test).then(|| Self::build(nat, two_links))
+    }
+
+    /// Shapes the gw's uplink to 100 Mbit/s: a [`MID_LEN`] upload then takes about 3 s and an
+    /// action on it milliseconds, so the action lands mid-transfer.
+    fn shape_uplink(&self) {
+        rate_limit(&self.gw, &self.gw_outer, "100mbit").expect("shape the uplink");
+    }
+
+    /// Takes the client's link A (10.1.0.2) down.
+    fn link_a_down(&self) {
+        self.client
+            .exec(&["ip", "link", "set", "dev", &self.client_links[0], "down"])
+            .expect("link A down");
+    }
+}
+
+/// The client's link `name`: a veth pair from the gw (10.N.0.1, N = `subnet`) to the client
+/// (10.N.0.2) and a default route over it at `metric`. Returns (gw's, client's) interfaces.
+fn client_link(
+    gw: &Netns,
+    client: &Netns,
+    name: &str,
+    subnet: u8,
+    metric: &str,
+) -> (String, String) {
+    let via = format!("10.{subnet}.0.1");
+    let pair = veth(
+        gw,
+        &format!("{via}/24"),
+        client,
+        &format!("10.{subnet}.0.2/24"),
+        MTU,
+    )
+    .unwrap_or_else(|e| panic!("link {name}: {e}"));
+    client
+        .exec(&[
+            "ip", "route", "add", "default", "via", &via, "metric", metric,
+        ])
+        .unwrap_or_else(|e| panic!("default route {name}: {e}"));
+    pair
 }
 
 /// Starts `serval-node` in `ns` with `args`.
@@ -158,6 +191,7 @@ fn start_router(t: &Topology) -> Process {
 
 /// A server registered with the router, waited for until ready.
 fn start_server(t: &Topology, name: &str, bind: &str, prefix: &str, mode: &str) -> Process {
+    let seed = SERVER_SEED.to_string();
     let mut p = node(
         &t.server,
         name,
@@ -174,11 +208,21 @@ fn start_server(t: &Topology, name: &str, bind: &str, prefix: &str, mode: &str) 
             "--mode",
             mode,
             "--seed",
-            "7",
+            &seed,
         ],
     );
     p.wait_for("READY", WAIT).expect("server registered");
     p
+}
+
+/// The sink server (reads and hashes what clients send).
+fn start_sink(t: &Topology) -> Process {
+    start_server(t, "sink", SINK, SINK_PREFIX, "sink")
+}
+
+/// The source server, sending `len` bytes of the pattern of [`SERVER_SEED`] to each client.
+fn start_source(t: &Topology, len: u64) -> Process {
+    start_server(t, "source", SOURCE, SOURCE_PREFIX, &format!("source:{len}"))
 }
 
 /// A client through the router, `extra` its transfer arguments; waited for until bound.
@@ -198,8 +242,27 @@ fn start_client(t: &Topology, name: &str, bind: &str, service: &str, extra: &[&s
     p
 }
 
+/// A client sending `len` bytes of the pattern of `seed` to the sink; `extra` arguments
+/// come before the transfer's.
+fn start_sender(
+    t: &Topology,
+    name: &str,
+    bind: &str,
+    seed: u64,
+    len: u64,
+    extra: &[&str],
+) -> Process {
+    let (len, seed) = (len.to_string(), seed.to_string());
+    let mut args = extra.to_vec();
+    args.extend(["--send", &len, "--seed", &seed]);
+    start_client(t, name, bind, SINK_ID, &args)
+}
+
+/// A `RESULT` line's fields, by key.
+type Fields = BTreeMap<String, String>;
+
 /// The `key=value` fields of a result line.
-fn fields(line: &str) -> BTreeMap<String, String> {
+fn fields(line: &str) -> Fields {
     line.split_whitespace()
         .filter_map(|w| w.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -207,12 +270,12 @@ fn fields(line: &str) -> BTreeMap<String, String> {
 }
 
 /// `RESULT` fields of `p` (waited for).
-fn result(p: &mut Process) -> BTreeMap<String, String> {
+fn result(p: &mut Process) -> Fields {
     fields(&p.wait_for("RESULT", WAIT).expect("a RESULT line"))
 }
 
 /// A numeric field.
-fn num(f: &BTreeMap<String, String>, key: &str) -> u64 {
+fn num(f: &Fields, key: &str) -> u64 {
     f.get(key)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no numeric `{key}` in {f:?}"))
@@ -252,12 +315,7 @@ fn still_running(p: &mut Process, action: &str) {
 }
 
 /// Asserts both ends saw the same bytes, and that they are the pattern expected.
-fn same_bytes(
-    client: &BTreeMap<String, String>,
-    server: &BTreeMap<String, String>,
-    seed: u64,
-    len: u64,
-) {
+fn same_bytes(client: &Fields, server: &Fields, seed: u64, len: u64) {
     assert_eq!(num(client, "bytes"), len, "client {client:?}");
     assert_eq!(num(server, "bytes"), len, "server {server:?}");
     assert_eq!(
@@ -269,6 +327,112 @@ fn same_bytes(
         pattern_sha256(seed, len),
         "not the pattern sent"
     );
+}
+
+/// Waits for both ends' `RESULT` and checks their bytes ([`same_bytes`]); returns the
+/// (client, server) fields for the test's own checks.
+fn check_transfer(
+    client: &mut Process,
+    server: &mut Process,
+    seed: u64,
+    len: u64,
+) -> (Fields, Fields) {
+    let (c, s) = (result(client), result(server));
+    same_bytes(&c, &s, seed, len);
+    (c, s)
+}
+
+/// Asserts the client announced a move and the server validated the new path.
+fn assert_migrated(client: &Fields, server: &Fields) {
+    assert!(num(client, "migrations") >= 1, "client {client:?}");
+    assert!(num(server, "validations") >= 1, "server {server:?}");
+}
+
+/// An upload to the sink and a download from the source at once, by two clients behind the
+/// gw, through the router. (Fields in drop order: clients first.)
+struct BothWays {
+    down: Process,
+    up: Process,
+    source: Process,
+    sink: Process,
+    _router: Process,
+    up_seed: u64,
+    up_len: u64,
+    down_len: u64,
+}
+
+impl BothWays {
+    /// Starts the router, both servers and both clients, each waited for until ready.
+    fn start(t: &Topology, up_seed: u64, up_len: u64, down_len: u64) -> Self {
+        let _router = start_router(t);
+        let sink = start_sink(t);
+        let source = start_source(t, down_len);
+        let up = start_sender(t, "client-up", "10.1.0.2:40001", up_seed, up_len, &[]);
+        let down = start_client(t, "client-down", "10.1.0.2:40002", SOURCE_ID, &["--recv"]);
+        Self {
+            down,
+            up,
+            source,
+            sink,
+            _router,
+            up_seed,
+            up_len,
+            down_len,
+        }
+    }
+
+    /// Checks both transfers end to end, then both clients' exits.
+    fn check(&mut self) {
+        check_transfer(&mut self.up, &mut self.sink, self.up_seed, self.up_len);
+        check_transfer(&mut self.down, &mut self.source, SERVER_SEED, self.down_len);
+        exits_ok(&mut self.up);
+        exits_ok(&mut self.down);
+    }
+}
+
+/// Bytes of an upload a test acts on mid-way.
+const MID_LEN: u64 = 32 * MIB;
+
+/// A [`MID_LEN`] upload from one client to the sink over the shaped uplink, 4 MiB in: where
+/// a test acts (a move, a NAT flush). (Fields in drop order: the client first.)
+struct MidTransfer {
+    client: Process,
+    sink: Process,
+    _router: Process,
+    /// The client's address as the sink saw it (its `ACCEPTED` line).
+    accepted: String,
+    seed: u64,
+}
+
+impl MidTransfer {
+    /// Shapes the uplink, starts the router, the sink and a client at `bind` (`extra`
+    /// arguments first), and waits until the transfer is under way.
+    fn start(t: &Topology, bind: &str, seed: u64, extra: &[&str]) -> Self {
+        t.shape_uplink();
+        let _router = start_router(t);
+        let mut sink = start_sink(t);
+        let mut client = start_sender(t, "client", bind, seed, MID_LEN, extra);
+        let connected = client
+            .wait_for("CONNECTED", WAIT)
+            .expect("client connected");
+        assert_eq!(connected, SINK);
+        let accepted = sink.wait_for("ACCEPTED", WAIT).expect("sink accepted");
+        wait_progress(&mut client, 4 * MIB);
+        Self {
+            client,
+            sink,
+            _router,
+            accepted,
+            seed,
+        }
+    }
+
+    /// After the test's `action`: asserts it came mid-transfer and every byte arrived;
+    /// returns the (client, sink) `RESULT` fields.
+    fn check(&mut self, action: &str) -> (Fields, Fields) {
+        still_running(&mut self.client, action);
+        check_transfer(&mut self.client, &mut self.sink, self.seed, MID_LEN)
+    }
 }
 
 /// The UDP conntrack entries of the gw towards `server_addr`, as (original source port,
@@ -297,156 +461,91 @@ fn nat_mappings(gw: &Netns, server_addr: &str) -> Vec<(u16, u16)> {
 
 #[test]
 fn client_behind_nat_reaches_servers_through_router() {
-    if !require_root("client_behind_nat_reaches_servers_through_router") {
+    let Some(t) = Topology::for_test(
+        "client_behind_nat_reaches_servers_through_router",
+        true,
+        false,
+    ) else {
         return;
-    }
-    let t = Topology::build(true, false);
-    let _router = start_router(&t);
-    let mut sink = start_server(&t, "sink", SINK, SINK_PREFIX, "sink");
-    let source_len = 16 * MIB;
-    let mut source = start_server(
-        &t,
-        "source",
-        SOURCE,
-        SOURCE_PREFIX,
-        &format!("source:{source_len}"),
-    );
-    let up_len = 32 * MIB;
-    let up_len_s = up_len.to_string();
-    let mut up = start_client(
-        &t,
-        "client-up",
-        "10.1.0.2:40001",
-        SINK_ID,
-        &["--send", &up_len_s, "--seed", "3"],
-    );
-    let mut down = start_client(&t, "client-down", "10.1.0.2:40002", SOURCE_ID, &["--recv"]);
+    };
+    let mut b = BothWays::start(&t, 3, 32 * MIB, 16 * MIB);
 
     // The router resolved the ServiceIDs; the data then went straight to the servers.
-    assert_eq!(up.wait_for("CONNECTED", WAIT).unwrap(), SINK);
-    assert_eq!(down.wait_for("CONNECTED", WAIT).unwrap(), SOURCE);
+    assert_eq!(b.up.wait_for("CONNECTED", WAIT).unwrap(), SINK);
+    assert_eq!(b.down.wait_for("CONNECTED", WAIT).unwrap(), SOURCE);
     // The servers saw the NAT's outer address, not the client's.
-    for s in [&mut sink, &mut source] {
+    for s in [&mut b.sink, &mut b.source] {
         let peer = s.wait_for("ACCEPTED", WAIT).unwrap();
         assert!(peer.starts_with(&format!("{GW_OUTER}:")), "peer {peer}");
     }
 
-    let (cu, su) = (result(&mut up), result(&mut sink));
-    same_bytes(&cu, &su, 3, up_len);
-    let (cd, sd) = (result(&mut down), result(&mut source));
-    same_bytes(&cd, &sd, 7, source_len);
-    exits_ok(&mut up);
-    exits_ok(&mut down);
+    b.check();
 }
 
 #[test]
 fn client_address_moves_mid_transfer() {
-    if !require_root("client_address_moves_mid_transfer") {
+    let Some(t) = Topology::for_test("client_address_moves_mid_transfer", false, true) else {
         return;
-    }
-    let t = Topology::build(false, true);
-    // 100 Mbit/s up: 32 MiB take about 3 s, the move takes milliseconds.
-    rate_limit(&t.gw, &t.gw_outer, "100mbit").expect("shape the uplink");
-    let _router = start_router(&t);
-    let mut sink = start_server(&t, "sink", SINK, SINK_PREFIX, "sink");
-    let len = 32 * MIB;
-    let len_s = len.to_string();
-    let mut client = start_client(
-        &t,
-        "client",
-        "10.1.0.2:40000",
-        SINK_ID,
-        &["--send", &len_s, "--seed", "5"],
-    );
-    assert_eq!(client.wait_for("CONNECTED", WAIT).unwrap(), SINK);
-    assert_eq!(sink.wait_for("ACCEPTED", WAIT).unwrap(), "10.1.0.2:40000");
+    };
+    let mut m = MidTransfer::start(&t, "10.1.0.2:40000", 5, &[]);
+    assert_eq!(m.accepted, "10.1.0.2:40000");
 
-    wait_progress(&mut client, 4 * MIB);
     // Make before break: a socket on the new address, then the old link goes away.
-    client.send("rebind 10.3.0.2:40000").unwrap();
-    assert_eq!(client.wait_for("REBOUND", WAIT).unwrap(), "10.3.0.2:40000");
-    t.client
-        .exec(&["ip", "link", "set", "dev", &t.client_links[0], "down"])
-        .expect("link A down");
-    still_running(&mut client, "the move");
+    m.client.send("rebind 10.3.0.2:40000").unwrap();
+    assert_eq!(
+        m.client.wait_for("REBOUND", WAIT).unwrap(),
+        "10.3.0.2:40000"
+    );
+    t.link_a_down();
 
-    let (c, s) = (result(&mut client), result(&mut sink));
-    same_bytes(&c, &s, 5, len);
+    let (c, s) = m.check("the move");
     // The client announced the move and the server validated the new path (the only one
     // left: link A is down).
-    assert!(num(&c, "migrations") >= 1, "client {c:?}");
-    assert!(num(&s, "validations") >= 1, "server {s:?}");
-    exits_ok(&mut client);
+    assert_migrated(&c, &s);
+    exits_ok(&mut m.client);
 }
 
 #[test]
 fn client_address_changes_under_a_wildcard_socket() {
-    if !require_root("client_address_changes_under_a_wildcard_socket") {
+    let Some(t) = Topology::for_test(
+        "client_address_changes_under_a_wildcard_socket",
+        false,
+        true,
+    ) else {
         return;
-    }
-    let t = Topology::build(false, true);
-    rate_limit(&t.gw, &t.gw_outer, "100mbit").expect("shape the uplink");
-    let _router = start_router(&t);
-    let mut sink = start_server(&t, "sink", SINK, SINK_PREFIX, "sink");
-    let len = 32 * MIB;
-    let len_s = len.to_string();
+    };
     // One socket on 0.0.0.0: the kernel picks the source address by route.
-    let mut client = start_client(
-        &t,
-        "client",
-        "0.0.0.0:40000",
-        SINK_ID,
-        &["--advertise", "10.1.0.2", "--send", &len_s, "--seed", "4"],
-    );
-    assert_eq!(client.wait_for("CONNECTED", WAIT).unwrap(), SINK);
-    assert_eq!(sink.wait_for("ACCEPTED", WAIT).unwrap(), "10.1.0.2:40000");
+    let mut m = MidTransfer::start(&t, "0.0.0.0:40000", 4, &["--advertise", "10.1.0.2"]);
+    assert_eq!(m.accepted, "10.1.0.2:40000");
 
-    wait_progress(&mut client, 4 * MIB);
     // Link A goes away (the route via link B takes over, source 10.3.0.2), then the
     // application learns its new address and announces it.
-    t.client
-        .exec(&["ip", "link", "set", "dev", &t.client_links[0], "down"])
-        .expect("link A down");
-    client.send("migrate 10.3.0.2:40000").unwrap();
-    assert_eq!(client.wait_for("MIGRATED", WAIT).unwrap(), "10.3.0.2:40000");
-    still_running(&mut client, "the address change");
+    t.link_a_down();
+    m.client.send("migrate 10.3.0.2:40000").unwrap();
+    assert_eq!(
+        m.client.wait_for("MIGRATED", WAIT).unwrap(),
+        "10.3.0.2:40000"
+    );
 
-    let (c, s) = (result(&mut client), result(&mut sink));
-    same_bytes(&c, &s, 4, len);
-    assert!(num(&c, "migrations") >= 1, "client {c:?}");
-    assert!(num(&s, "validations") >= 1, "server {s:?}");
-    exits_ok(&mut client);
+    let (c, s) = m.check("the address change");
+    assert_migrated(&c, &s);
+    exits_ok(&mut m.client);
 }
 
 #[test]
 fn nat_mapping_flushed_mid_transfer() {
-    if !require_root("nat_mapping_flushed_mid_transfer") {
+    let Some(t) = Topology::for_test("nat_mapping_flushed_mid_transfer", true, false) else {
         return;
-    }
-    let t = Topology::build(true, false);
-    rate_limit(&t.gw, &t.gw_outer, "100mbit").expect("shape the uplink");
-    let _router = start_router(&t);
-    let mut sink = start_server(&t, "sink", SINK, SINK_PREFIX, "sink");
-    let len = 32 * MIB;
-    let len_s = len.to_string();
-    let mut client = start_client(
-        &t,
-        "client",
-        "10.1.0.2:40000",
-        SINK_ID,
-        &["--send", &len_s, "--seed", "6"],
-    );
-    assert_eq!(client.wait_for("CONNECTED", WAIT).unwrap(), SINK);
-    let before = sink.wait_for("ACCEPTED", WAIT).unwrap();
+    };
+    let mut m = MidTransfer::start(&t, "10.1.0.2:40000", 6, &[]);
 
-    wait_progress(&mut client, 4 * MIB);
     let mapped = nat_mappings(&t.gw, SINK);
     assert_eq!(
         mapped.iter().map(|m| m.0).collect::<Vec<_>>(),
         [40000],
         "one mapping of the client's socket: {mapped:?}"
     );
-    assert_eq!(before, format!("{GW_OUTER}:{}", mapped[0].1));
+    assert_eq!(m.accepted, format!("{GW_OUTER}:{}", mapped[0].1));
     assert!(!(20000..=20100).contains(&mapped[0].1));
     // New mappings from another port range, then forget every existing one: the next
     // packet of the flow leaves from a new outer port.
@@ -457,10 +556,8 @@ fn nat_mapping_flushed_mid_transfer() {
     ))
     .expect("new masquerade range");
     t.gw.exec(&["conntrack", "-F"]).expect("conntrack flush");
-    still_running(&mut client, "the NAT flush");
 
-    let (c, s) = (result(&mut client), result(&mut sink));
-    same_bytes(&c, &s, 6, len);
+    let (_, s) = m.check("the NAT flush");
     // The server saw the flow come from a new address and validated it.
     assert!(num(&s, "validations") >= 1, "server {s:?}");
     let after = nat_mappings(&t.gw, SINK);
@@ -470,15 +567,14 @@ fn nat_mapping_flushed_mid_transfer() {
             .any(|&(sport, outer)| sport == 40000 && (20000..=20100).contains(&outer)),
         "the mapping moved into the new range: {after:?}"
     );
-    exits_ok(&mut client);
+    exits_ok(&mut m.client);
 }
 
 #[test]
 fn five_percent_random_loss_on_a_link() {
-    if !require_root("five_percent_random_loss_on_a_link") {
+    let Some(t) = Topology::for_test("five_percent_random_loss_on_a_link", true, false) else {
         return;
-    }
-    let t = Topology::build(true, false);
+    };
     // Datagrams cross the lossy hop one by one, not in the senders' GSO batches.
     segment_on_egress(&t.client, &t.client_links[0]).expect("client: no GSO batches");
     segment_on_egress(&t.server, &t.server_link).expect("server: no GSO batches");
@@ -494,35 +590,11 @@ fn five_percent_random_loss_on_a_link() {
          }",
     )
     .expect("loss rule");
-    let _router = start_router(&t);
-    let mut sink = start_server(&t, "sink", SINK, SINK_PREFIX, "sink");
     // Goodput here is bound by the stack's fixed timers (minimum RTO, ACK delay), not the
     // sub-millisecond RTT: about 0.5-1.5 MB/s. 8 MiB each way keep the test near 15 s.
-    let source_len = 8 * MIB;
-    let mut source = start_server(
-        &t,
-        "source",
-        SOURCE,
-        SOURCE_PREFIX,
-        &format!("source:{source_len}"),
-    );
-    let up_len = 8 * MIB;
-    let up_len_s = up_len.to_string();
-    let mut up = start_client(
-        &t,
-        "client-up",
-        "10.1.0.2:40001",
-        SINK_ID,
-        &["--send", &up_len_s, "--seed", "8"],
-    );
-    let mut down = start_client(&t, "client-down", "10.1.0.2:40002", SOURCE_ID, &["--recv"]);
+    let mut b = BothWays::start(&t, 8, 8 * MIB, 8 * MIB);
 
-    let (cu, su) = (result(&mut up), result(&mut sink));
-    same_bytes(&cu, &su, 8, up_len);
-    let (cd, sd) = (result(&mut down), result(&mut source));
-    same_bytes(&cd, &sd, 7, source_len);
-    exits_ok(&mut up);
-    exits_ok(&mut down);
+    b.check();
     let rules =
         t.gw.exec(&["nft", "list", "chain", "inet", "loss", "forwarding"])
             .unwrap();

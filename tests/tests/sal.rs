@@ -11,13 +11,17 @@ use std::time::Duration;
 use serval_stack::sal::{CloseReason, Event, FlowHandle};
 use serval_stack::service_table::Rule;
 use serval_stack::time::Timestamp;
-use serval_stack::wire::sal::{ControlFlags, ControlRepr, Packet, Protocol, SalRepr};
+use serval_stack::wire::sal::{ControlFlags, ControlRepr, Protocol, SalRepr};
 use serval_stack::wire::{FlowId, Nonce, ServiceId, ServicePrefix};
 use serval_tests::node::SalNode;
-use serval_tests::sim::{Datagram, Network, Node, NodeId, Verdict};
-use serval_tests::util::{addr, flags_of, ip, seeded_config as config};
+use serval_tests::sim::{Datagram, Network, Node, NodeId};
+use serval_tests::util::{addr, drop_first, emit, ip, seeded_config as config};
 
 const SERVICE: u32 = 16385;
+const CLIENT: &str = "10.0.0.1:54325";
+const SERVER: &str = "192.0.2.10:54325";
+const ROUTER: &str = "192.0.2.1:54325";
+const ATTACKER: &str = "203.0.113.66:1234";
 
 fn service() -> ServiceId {
     ServiceId::from_u32(SERVICE)
@@ -30,22 +34,32 @@ struct Direct {
     server: NodeId,
 }
 
+/// The client node at `at`, its default rule forwarding every service to `first_hop`.
+fn client_via(at: &str, first_hop: &str) -> SalNode {
+    let mut client = SalNode::new(config(1), addr(at), Timestamp::ZERO);
+    client
+        .endpoint
+        .table_mut()
+        .insert(ServicePrefix::DEFAULT, Rule::forward(addr(first_hop)))
+        .unwrap();
+    client
+}
+
+/// The service router at [`ROUTER`] (forwarding on), with an empty table.
+fn router_node() -> SalNode {
+    let mut router_cfg = config(3);
+    router_cfg.forwarding = true;
+    SalNode::new(router_cfg, addr(ROUTER), Timestamp::ZERO)
+}
+
 fn direct(seed: u64) -> Direct {
     let mut net = Network::new(seed);
-    let mut server = SalNode::new(config(2), addr("192.0.2.10:54325"), Timestamp::ZERO);
+    let mut server = SalNode::new(config(2), addr(SERVER), Timestamp::ZERO);
     server
         .endpoint
         .listen(ServicePrefix::exact(service()), Protocol::UDP)
         .unwrap();
-    let mut client = SalNode::new(config(1), addr("10.0.0.1:54325"), Timestamp::ZERO);
-    client
-        .endpoint
-        .table_mut()
-        .insert(
-            ServicePrefix::DEFAULT,
-            Rule::forward(addr("192.0.2.10:54325")),
-        )
-        .unwrap();
+    let client = client_via(CLIENT, SERVER);
     let server = net.add_node(server, &[ip("192.0.2.10")]);
     let client = net.add_node(client, &[ip("10.0.0.1")]);
     Direct {
@@ -66,13 +80,13 @@ fn connect(net: &mut Network<SalNode>, client: NodeId) -> FlowHandle {
     h
 }
 
+/// [`Network::run_for`] in whole seconds, the unit of every wait here.
 fn until(
     net: &mut Network<SalNode>,
     secs: u64,
     done: impl FnMut(&mut Network<SalNode>) -> bool,
 ) -> bool {
-    let deadline = net.now() + Duration::from_secs(secs);
-    net.run_until(deadline, done)
+    net.run_for(Duration::from_secs(secs), done)
 }
 
 fn established(net: &mut Network<SalNode>, client: NodeId, h: FlowHandle) -> bool {
@@ -113,14 +127,8 @@ fn direct_handshake_exchange_and_close() {
         client,
         server,
     } = direct(1);
-    let h = connect(&mut net, client);
-    assert!(established(&mut net, client, h));
-    assert!(until(&mut net, 5, |n| !n.node(server).accepted.is_empty()));
-    let hs = net.node(server).accepted[0];
-    assert_eq!(
-        net.node_mut(server).flow(hs).peer_addr(),
-        addr("10.0.0.1:54325")
-    );
+    let (h, _, hs) = open_flow(&mut net, client, &[server]);
+    assert_eq!(net.node_mut(server).flow(hs).peer_addr(), addr(CLIENT));
     exchange(&mut net, client, h, server, hs, 20);
 
     let now = net.now();
@@ -158,9 +166,7 @@ struct Routed {
 
 fn routed(seed: u64, weights: [u32; 2]) -> Routed {
     let mut net = Network::new(seed);
-    let mut router_cfg = config(3);
-    router_cfg.forwarding = true;
-    let mut router = SalNode::new(router_cfg, addr("192.0.2.1:54325"), Timestamp::ZERO);
+    let mut router = router_node();
     let prefix = ServicePrefix::new(service(), 32).unwrap();
     let mut servers = Vec::new();
     for (i, w) in weights.iter().enumerate() {
@@ -174,15 +180,7 @@ fn routed(seed: u64, weights: [u32; 2]) -> Routed {
         s.endpoint.listen(prefix, Protocol::UDP).unwrap();
         servers.push(net.add_node(s, &[a.ip()]));
     }
-    let mut client = SalNode::new(config(1), addr("10.0.0.1:5000"), Timestamp::ZERO);
-    client
-        .endpoint
-        .table_mut()
-        .insert(
-            ServicePrefix::DEFAULT,
-            Rule::forward(addr("192.0.2.1:54325")),
-        )
-        .unwrap();
+    let client = client_via("10.0.0.1:5000", ROUTER);
     let router = net.add_node(router, &[ip("192.0.2.1")]);
     let client = net.add_node(client, &[ip("10.0.0.1")]);
     let nat = net.add_nat(ip("198.51.100.1"), Duration::from_secs(30));
@@ -196,8 +194,8 @@ fn routed(seed: u64, weights: [u32; 2]) -> Routed {
     }
 }
 
-/// The replica that accepted the first flow, and that flow.
-fn accepted_by_either(net: &mut Network<SalNode>, servers: [NodeId; 2]) -> (NodeId, FlowHandle) {
+/// The server (of `servers`) that accepted the first flow, and that flow.
+fn accepted_by_any(net: &mut Network<SalNode>, servers: &[NodeId]) -> (NodeId, FlowHandle) {
     assert!(until(net, 5, |n| servers
         .iter()
         .any(|&s| !n.node(s).accepted.is_empty())));
@@ -206,6 +204,19 @@ fn accepted_by_either(net: &mut Network<SalNode>, servers: [NodeId; 2]) -> (Node
         .find(|&&s| !net.node(s).accepted.is_empty())
         .unwrap();
     (server, net.node(server).accepted[0])
+}
+
+/// Opens a flow from `client` and waits until it is established and one of `servers`
+/// accepted it: (the client's flow, that server, the server's flow).
+fn open_flow(
+    net: &mut Network<SalNode>,
+    client: NodeId,
+    servers: &[NodeId],
+) -> (FlowHandle, NodeId, FlowHandle) {
+    let h = connect(net, client);
+    assert!(established(net, client, h));
+    let (server, hs) = accepted_by_any(net, servers);
+    (h, server, hs)
 }
 
 /// Delivers a datagram straight to `node`, as if from `from` (an attacker's packet).
@@ -232,9 +243,7 @@ fn through_a_router_and_a_nat_the_syn_ack_retraces_the_hop_and_data_goes_direct(
         servers,
         ..
     } = routed(2, [1, 1]);
-    let h = connect(&mut net, client);
-    assert!(established(&mut net, client, h));
-    let (server, hs) = accepted_by_either(&mut net, servers);
+    let (h, server, hs) = open_flow(&mut net, client, &servers);
     // The server sees the client at its NAT's public address.
     assert_eq!(
         net.node_mut(server).flow(hs).peer_addr().ip(),
@@ -279,20 +288,8 @@ fn the_router_spreads_new_flows_by_weight() {
 #[test]
 fn a_service_nobody_offers_is_refused_quickly() {
     let mut net = Network::new(4);
-    let mut router_cfg = config(3);
-    router_cfg.forwarding = true;
-    let router = SalNode::new(router_cfg, addr("192.0.2.1:54325"), Timestamp::ZERO);
-    let mut client = SalNode::new(config(1), addr("10.0.0.1:5000"), Timestamp::ZERO);
-    client
-        .endpoint
-        .table_mut()
-        .insert(
-            ServicePrefix::DEFAULT,
-            Rule::forward(addr("192.0.2.1:54325")),
-        )
-        .unwrap();
-    net.add_node(router, &[ip("192.0.2.1")]);
-    let client = net.add_node(client, &[ip("10.0.0.1")]);
+    net.add_node(router_node(), &[ip("192.0.2.1")]);
+    let client = net.add_node(client_via("10.0.0.1:5000", ROUTER), &[ip("10.0.0.1")]);
     let h = connect(&mut net, client);
     // One round trip, not a SYN timeout.
     assert!(until(&mut net, 1, |n| n
@@ -305,14 +302,7 @@ fn a_lost_syn_ack_is_recovered_by_the_retransmitted_syn() {
     let Direct {
         mut net, client, ..
     } = direct(5);
-    let mut dropped = false;
-    net.intercept(Some(Box::new(move |_, d| {
-        if !dropped && flags_of(d) == ControlFlags::SYN | ControlFlags::ACK {
-            dropped = true;
-            return Verdict::Drop;
-        }
-        Verdict::Pass
-    })));
+    net.intercept(Some(drop_first(ControlFlags::SYN | ControlFlags::ACK)));
     let h = connect(&mut net, client);
     assert!(established(&mut net, client, h));
     assert_eq!(net.stats().intercepted, 1);
@@ -325,14 +315,7 @@ fn a_lost_conn_ack_is_recovered_by_the_retransmitted_syn_ack() {
         client,
         server,
     } = direct(6);
-    let mut dropped = false;
-    net.intercept(Some(Box::new(move |_, d| {
-        if !dropped && flags_of(d) == ControlFlags::ACK {
-            dropped = true;
-            return Verdict::Drop;
-        }
-        Verdict::Pass
-    })));
+    net.intercept(Some(drop_first(ControlFlags::ACK)));
     let h = connect(&mut net, client);
     assert!(established(&mut net, client, h));
     assert!(until(&mut net, 10, |n| !n.node(server).accepted.is_empty()));
@@ -346,21 +329,12 @@ fn migrate(seed: u64, drop_first_rsyn_ack: bool) {
         client,
         server,
     } = direct(seed);
-    let h = connect(&mut net, client);
-    assert!(established(&mut net, client, h));
-    assert!(until(&mut net, 5, |n| !n.node(server).accepted.is_empty()));
-    let hs = net.node(server).accepted[0];
+    let (h, _, hs) = open_flow(&mut net, client, &[server]);
     exchange(&mut net, client, h, server, hs, 5);
 
-    let mut dropped = false;
-    net.intercept(Some(Box::new(move |_, d| {
-        if drop_first_rsyn_ack && !dropped && flags_of(d) == ControlFlags::RSYN | ControlFlags::ACK
-        {
-            dropped = true;
-            return Verdict::Drop;
-        }
-        Verdict::Pass
-    })));
+    if drop_first_rsyn_ack {
+        net.intercept(Some(drop_first(ControlFlags::RSYN | ControlFlags::ACK)));
+    }
     // Break before make: the old address is gone at once.
     net.set_owner(ip("10.0.0.1"), None);
     net.set_owner(ip("10.0.1.7"), Some(client));
@@ -395,9 +369,7 @@ fn nat_rebinding_is_detected_and_validated() {
         nat,
         ..
     } = routed(9, [1, 0]);
-    let h = connect(&mut net, client);
-    assert!(established(&mut net, client, h));
-    let (server, hs) = accepted_by_either(&mut net, servers);
+    let (h, server, hs) = open_flow(&mut net, client, &servers);
     let before = net.node_mut(server).flow(hs).peer_addr();
     net.nat_mut(nat).flush();
     // The client speaks first after the flush (its NAT maps a new port); the server sees
@@ -423,10 +395,7 @@ fn forged_control_packets_from_an_off_path_attacker_do_nothing() {
         client,
         server,
     } = direct(10);
-    let h = connect(&mut net, client);
-    assert!(established(&mut net, client, h));
-    assert!(until(&mut net, 5, |n| !n.node(server).accepted.is_empty()));
-    let hs = net.node(server).accepted[0];
+    let (h, _, hs) = open_flow(&mut net, client, &[server]);
     // The attacker even knows both FlowIDs and the server's nonce-free layout: without the
     // flow key nothing verifies.
     let server_flow = net.node_mut(server).flow(hs).local_flow();
@@ -449,24 +418,17 @@ fn forged_control_packets_from_an_off_path_attacker_do_nothing() {
                 nonce: Nonce([i as u8; 8]),
             });
             repr.mac = Some([verno as u8; 16]);
-            let mut buf = vec![0; repr.buffer_len()];
-            repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
-            inject(&mut net, server, addr("203.0.113.66:1234"), buf);
+            inject(&mut net, server, addr(ATTACKER), emit(&repr, 0));
         }
     }
     // Data with guessed FlowIDs is dropped as unknown.
     for guess in 1..200u32 {
         let repr = SalRepr::new(FlowId::new(guess), FlowId::new(guess), Protocol::UDP);
-        let mut buf = vec![0; repr.buffer_len() + 4];
-        repr.emit(&mut Packet::new_unchecked(&mut buf[..]));
-        inject(&mut net, server, addr("203.0.113.66:1234"), buf);
+        inject(&mut net, server, addr(ATTACKER), emit(&repr, 4));
     }
     let stats = net.node_mut(server).flow(hs).stats();
     assert_eq!(stats.drops.bad_mac, 200);
     assert!(net.node_mut(server).flow(hs).is_established());
-    assert_eq!(
-        net.node_mut(server).flow(hs).peer_addr(),
-        addr("10.0.0.1:54325")
-    );
+    assert_eq!(net.node_mut(server).flow(hs).peer_addr(), addr(CLIENT));
     exchange(&mut net, client, h, server, hs, 3);
 }
