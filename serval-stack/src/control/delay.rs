@@ -567,10 +567,7 @@ fn last_id(prefix: &ServicePrefix) -> ServiceId {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp::from_millis(ms)
-    }
+    use crate::control::test_util::t;
 
     fn from() -> SocketAddr {
         "203.0.113.1:54324".parse().unwrap()

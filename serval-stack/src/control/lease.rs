@@ -915,25 +915,20 @@ fn instance_addr(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::test_util::{key, other_key};
+    use crate::control::test_util::{KEY_ID, key, other_key, prefix, t};
     use crate::wire::ServiceId;
-
-    const KEY_ID: u32 = 7;
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp::from_millis(ms)
-    }
-
-    fn prefix() -> ServicePrefix {
-        "0x0000d9:24".parse().unwrap()
-    }
 
     fn server() -> SocketAddr {
         "192.0.2.10:54325".parse().unwrap()
     }
 
+    /// The registry's config with the test key: what each test's registry starts from.
+    fn base_config() -> RegistryConfig {
+        RegistryConfig::new().with_key(KEY_ID, key()).unwrap()
+    }
+
     fn registry() -> Registry {
-        Registry::new(RegistryConfig::new().with_key(KEY_ID, key()).unwrap())
+        Registry::new(base_config())
     }
 
     fn repr(seq: u64, addr: Option<SocketAddr>, lease_ms: u32) -> RegisterRepr {
@@ -956,6 +951,24 @@ mod tests {
             (repr.sequence as u32, RetVal::Ok),
             repr,
             withdraw,
+        )
+        .unwrap()
+    }
+
+    /// The server's registration `seq` sealed as `key`, `direction` and `retval` (transaction
+    /// 1) say: a message the registry must refuse.
+    fn forge(
+        key: &SharedKey,
+        direction: Direction,
+        retval: RetVal,
+        seq: u64,
+    ) -> [u8; REGISTER_MSG_LEN] {
+        seal(
+            key,
+            direction,
+            (1, retval),
+            repr(seq, Some(server()), 0),
+            false,
         )
         .unwrap()
     }
@@ -1099,9 +1112,7 @@ mod tests {
 
     #[test]
     fn sub_second_leases_and_clamping() {
-        let config = RegistryConfig::new()
-            .with_key(KEY_ID, key())
-            .unwrap()
+        let config = base_config()
             .with_lease_bounds(Duration::from_millis(50), Duration::from_secs(10))
             .unwrap();
         let (mut r, mut table) = (Registry::new(config), ServiceTable::new());
@@ -1257,54 +1268,26 @@ mod tests {
     #[test]
     fn bad_mac_unknown_key_and_garbage_are_dropped_silently() {
         let (mut r, mut table) = (registry(), ServiceTable::new());
+        let mut from_server = |m: &[u8]| r.handle(t(0), server(), m, &mut table);
         let mut forged = register(1, 1_000);
         forged[REGISTER_MSG_LEN - 1] ^= 1;
-        assert_eq!(
-            r.handle(t(0), server(), &forged, &mut table),
-            Err(RegistryError::BadMac)
-        );
+        assert_eq!(from_server(&forged), Err(RegistryError::BadMac));
         let mut tampered = register(2, 1_000);
         tampered[66] ^= 0x10; // the lease field (offset 64), covered by the MAC
-        assert_eq!(
-            r.handle(t(0), server(), &tampered, &mut table),
-            Err(RegistryError::BadMac)
-        );
-        let wrong_key = seal(
-            &other_key(),
-            Direction::Request,
-            (1, RetVal::Ok),
-            repr(3, Some(server()), 0),
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            r.handle(t(0), server(), &wrong_key, &mut table),
-            Err(RegistryError::BadMac)
-        );
+        assert_eq!(from_server(&tampered), Err(RegistryError::BadMac));
+        let wrong_key = forge(&other_key(), Direction::Request, RetVal::Ok, 3);
+        assert_eq!(from_server(&wrong_key), Err(RegistryError::BadMac));
         let mut unknown = repr(4, Some(server()), 0);
         unknown.key_id = 99;
         let unknown = seal(&key(), Direction::Request, (1, RetVal::Ok), unknown, false).unwrap();
-        assert_eq!(
-            r.handle(t(0), server(), &unknown, &mut table),
-            Err(RegistryError::UnknownKey(99))
-        );
+        assert_eq!(from_server(&unknown), Err(RegistryError::UnknownKey(99)));
         assert!(matches!(
-            r.handle(t(0), server(), &[1, 2, 3], &mut table),
+            from_server(&[1, 2, 3]),
             Err(RegistryError::Malformed(_))
         ));
         // A reply (or a request reflected as one) is not a request.
-        let as_reply = seal(
-            &key(),
-            Direction::Reply,
-            (1, RetVal::Stale),
-            repr(5, Some(server()), 0),
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            r.handle(t(0), server(), &as_reply, &mut table),
-            Err(RegistryError::NotARequest)
-        );
+        let as_reply = forge(&key(), Direction::Reply, RetVal::Stale, 5);
+        assert_eq!(from_server(&as_reply), Err(RegistryError::NotARequest));
         // Nothing changed, nothing to answer, and the forged messages burned no sequence
         // number: the genuine message 1 still goes through.
         assert!(table.is_empty());
@@ -1349,9 +1332,7 @@ mod tests {
 
     #[test]
     fn limits_total_and_per_source() {
-        let config = RegistryConfig::new()
-            .with_key(KEY_ID, key())
-            .unwrap()
+        let config = base_config()
             .with_max_leases(3)
             .unwrap()
             .with_max_leases_per_source(2)
@@ -1359,60 +1340,31 @@ mod tests {
         let (mut r, mut table) = (Registry::new(config), ServiceTable::new());
         let addr = |i: u16| SocketAddr::new(server().ip(), 1000 + i);
         let other = |i: u16| SocketAddr::new("192.0.2.99".parse().unwrap(), 1000 + i);
-        r.handle(
-            t(0),
-            server(),
-            &msg(repr(1, Some(addr(1)), 0), false),
-            &mut table,
-        )
-        .unwrap();
-        r.handle(
-            t(0),
-            server(),
-            &msg(repr(2, Some(addr(2)), 0), false),
-            &mut table,
-        )
-        .unwrap();
+        let m = |seq, instance, withdraw| msg(repr(seq, Some(instance), 0), withdraw);
+        r.handle(t(0), server(), &m(1, addr(1), false), &mut table)
+            .unwrap();
+        r.handle(t(0), server(), &m(2, addr(2), false), &mut table)
+            .unwrap();
         assert_eq!(
-            r.handle(
-                t(0),
-                server(),
-                &msg(repr(3, Some(addr(3)), 0), false),
-                &mut table
-            ),
+            r.handle(t(0), server(), &m(3, addr(3), false), &mut table),
             Err(RegistryError::SourceLimit(server().ip()))
         );
         // Refreshing an existing lease is not limited.
-        r.handle(
-            t(0),
-            server(),
-            &msg(repr(4, Some(addr(1)), 0), false),
-            &mut table,
-        )
-        .unwrap();
+        r.handle(t(0), server(), &m(4, addr(1), false), &mut table)
+            .unwrap();
         let o = other(0);
-        r.handle(t(0), o, &msg(repr(1, Some(other(1)), 0), false), &mut table)
+        r.handle(t(0), o, &m(1, other(1), false), &mut table)
             .unwrap();
         assert_eq!(
-            r.handle(t(0), o, &msg(repr(2, Some(other(2)), 0), false), &mut table),
+            r.handle(t(0), o, &m(2, other(2), false), &mut table),
             Err(RegistryError::LeaseLimit)
         );
         assert_eq!(table.target_count(), 3);
         // Withdrawing frees the source's quota.
-        r.handle(
-            t(0),
-            server(),
-            &msg(repr(5, Some(addr(1)), 0), true),
-            &mut table,
-        )
-        .unwrap();
-        r.handle(
-            t(0),
-            server(),
-            &msg(repr(6, Some(addr(3)), 0), false),
-            &mut table,
-        )
-        .unwrap();
+        r.handle(t(0), server(), &m(5, addr(1), true), &mut table)
+            .unwrap();
+        r.handle(t(0), server(), &m(6, addr(3), false), &mut table)
+            .unwrap();
         let s = r.stats();
         assert_eq!(
             (s.refused_source_limit, s.refused_lease_limit, s.leases),
@@ -1422,9 +1374,7 @@ mod tests {
 
     #[test]
     fn registrant_identities_are_bounded() {
-        let config = RegistryConfig::new()
-            .with_key(KEY_ID, key())
-            .unwrap()
+        let config = base_config()
             .with_max_registrants(1)
             .unwrap()
             .with_lease_bounds(Duration::from_millis(1), Duration::from_secs(1))

@@ -289,6 +289,21 @@ pub(crate) fn bump(counter: &mut u64) {
 #[cfg(test)]
 pub(crate) mod test_util {
     use super::SharedKey;
+    use crate::time::Timestamp;
+    use crate::wire::ServicePrefix;
+
+    /// The key id both ends of the registration tests use for [`key`].
+    pub(crate) const KEY_ID: u32 = 7;
+
+    /// Virtual time in milliseconds, as the control tests count it.
+    pub(crate) fn t(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    /// The prefix the registrant registers and the registry leases.
+    pub(crate) fn prefix() -> ServicePrefix {
+        "0x0000d9:24".parse().unwrap()
+    }
 
     pub(crate) fn key() -> SharedKey {
         SharedKey::new(&[0x5a; 32]).unwrap()

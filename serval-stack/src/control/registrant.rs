@@ -831,20 +831,10 @@ impl Registrant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::test_util::{key, other_key};
-
-    const KEY_ID: u32 = 7;
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp::from_millis(ms)
-    }
+    use crate::control::test_util::{KEY_ID, key, other_key, prefix, t};
 
     fn router() -> SocketAddr {
         "198.51.100.1:54325".parse().unwrap()
-    }
-
-    fn prefix() -> ServicePrefix {
-        "0x0000d9:24".parse().unwrap()
     }
 
     fn registrant(config: RegistrantConfig) -> Registrant {

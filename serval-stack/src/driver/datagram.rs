@@ -11,61 +11,44 @@
 use core::net::SocketAddr;
 use core::task::{Context, Poll};
 use std::io;
-use std::sync::Arc;
 
-use super::Handle;
-use super::stream::{ServalListener, close_error, task_error};
-use crate::sal::{CloseReason, FlowHandle, SendError};
+use super::stream::{FlowRef, ServalListener, close_error, task_error};
+use crate::sal::{CloseReason, SendError};
 use crate::wire::ServiceId;
 
 /// A connected datagram flow. Dropping it closes the flow.
 #[derive(Debug)]
 pub struct ServalDatagram {
-    handle: Arc<Handle>,
-    id: FlowHandle,
-    service: ServiceId,
-    peer: SocketAddr,
+    flow: FlowRef,
 }
 
 impl ServalDatagram {
-    pub(super) fn new(
-        handle: Arc<Handle>,
-        id: FlowHandle,
-        service: ServiceId,
-        peer: SocketAddr,
-    ) -> Self {
-        Self {
-            handle,
-            id,
-            service,
-            peer,
-        }
+    pub(super) fn new(flow: FlowRef) -> Self {
+        Self { flow }
     }
 
     /// The ServiceID the flow was opened for.
     pub fn peer_service(&self) -> ServiceId {
-        self.service
+        self.flow.peer_service()
     }
 
     /// The peer's UDP address (the new one after it moved and the path was validated).
     pub fn peer_addr(&self) -> SocketAddr {
-        let st = self.handle.shared.lock();
-        st.flows
-            .get(&self.id)
-            .map_or(self.peer, |s| s.flow.peer_addr())
+        self.flow.peer_addr()
     }
 
     /// Largest datagram [`send`](Self::send) accepts (fits one packet under
     /// `max_udp_payload`).
     pub fn max_datagram(&self) -> usize {
-        let st = self.handle.shared.lock();
-        st.flows.get(&self.id).map_or(0, |s| s.flow.max_datagram())
+        let st = self.flow.handle.shared.lock();
+        st.flows
+            .get(&self.flow.id)
+            .map_or(0, |s| s.flow.max_datagram())
     }
 
     /// The flow's counters.
     pub fn stats(&self) -> Option<crate::sal::FlowStats> {
-        let st = self.handle.shared.lock();
-        st.flows.get(&self.id).map(|s| s.flow.stats())
+        self.flow.stats()
     }
 
     /// Sends one datagram, waiting while the flow's send queue is full.
@@ -78,9 +61,9 @@ impl ServalDatagram {
 
     /// Polls to send one datagram (see [`send`](Self::send)).
     pub fn poll_send(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<()>> {
-        let mut st = self.handle.shared.lock();
+        let mut st = self.flow.handle.shared.lock();
         let failed = st.failed;
-        let Some(slot) = st.flows.get_mut(&self.id) else {
+        let Some(slot) = st.flows.get_mut(&self.flow.id) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if let Some(reason) = slot.closed {
@@ -97,16 +80,16 @@ impl ServalDatagram {
             )));
         }
         if slot.flow.send_datagram(data) {
-            st.dirty.push(self.id);
+            st.dirty.push(self.flow.id);
             drop(st);
-            self.handle.shared.notify.notify_one();
+            self.flow.handle.shared.notify.notify_one();
             return Poll::Ready(Ok(()));
         }
         // The queue is full: the pump wakes us once it has sent some.
         slot.write = Some(cx.waker().clone());
-        st.dirty.push(self.id);
+        st.dirty.push(self.flow.id);
         drop(st);
-        self.handle.shared.notify.notify_one();
+        self.flow.handle.shared.notify.notify_one();
         Poll::Pending
     }
 
@@ -118,9 +101,9 @@ impl ServalDatagram {
 
     /// Polls to receive one datagram (see [`recv`](Self::recv)).
     pub fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut st = self.handle.shared.lock();
+        let mut st = self.flow.handle.shared.lock();
         let failed = st.failed;
-        let Some(slot) = st.flows.get_mut(&self.id) else {
+        let Some(slot) = st.flows.get_mut(&self.flow.id) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         if let Some(d) = slot.flow.recv_datagram() {
@@ -138,13 +121,6 @@ impl ServalDatagram {
         }
         slot.read = Some(cx.waker().clone());
         Poll::Pending
-    }
-}
-
-impl Drop for ServalDatagram {
-    fn drop(&mut self) {
-        self.handle.shared.lock().detach(self.id);
-        self.handle.shared.notify.notify_one();
     }
 }
 
@@ -169,14 +145,9 @@ impl ServalDatagramSocket {
 
     /// The next connected datagram flow opened to this prefix.
     pub async fn accept(&self) -> io::Result<ServalDatagram> {
-        let (id, service, peer) =
-            core::future::poll_fn(|cx| self.listener.poll_accept_flow(cx)).await?;
-        Ok(ServalDatagram::new(
-            self.listener.handle().clone(),
-            id,
-            service,
-            peer,
-        ))
+        core::future::poll_fn(|cx| self.listener.poll_accept_flow(cx))
+            .await
+            .map(ServalDatagram::new)
     }
 
     /// Receives one unconnected datagram into `buf` (truncated to its length): returns the

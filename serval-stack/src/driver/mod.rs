@@ -66,6 +66,7 @@ use std::sync::Arc;
 
 pub use datagram::{ServalDatagram, ServalDatagramSocket};
 pub use socket::SOCKET_BUFFER;
+use stream::FlowRef;
 pub use stream::{ServalListener, ServalStream};
 
 use self::state::{Backlog, Shared, State};
@@ -139,6 +140,15 @@ impl core::fmt::Debug for Handle {
     // Not the whole endpoint state: a stream's `Debug` would print every flow and buffer.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Endpoint").finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// Gives flow `id` up (see `State::detach`) and wakes the task to send what its close
+    /// owes: what every application-side owner of a flow does when it goes away.
+    fn detach(&self, id: FlowHandle) {
+        self.shared.lock().detach(id);
+        self.shared.notify.notify_one();
     }
 }
 
@@ -238,8 +248,9 @@ impl Endpoint {
     /// `ConnectionRefused` when nothing listens there, `TimedOut` when the handshake is not
     /// answered, `ConnectionReset` / `ConnectionAborted` for the rest.
     pub async fn connect(&self, service: ServiceId) -> io::Result<ServalStream> {
-        let (id, service, peer) = self.open(service, None, Protocol::TCP).await?;
-        Ok(ServalStream::new(self.handle.clone(), id, service, peer))
+        self.open(service, None, Protocol::TCP)
+            .await
+            .map(ServalStream::new)
     }
 
     /// Opens a stream to `service` at `addr` without consulting the service table.
@@ -248,8 +259,9 @@ impl Endpoint {
         service: ServiceId,
         addr: SocketAddr,
     ) -> io::Result<ServalStream> {
-        let (id, service, peer) = self.open(service, Some(addr), Protocol::TCP).await?;
-        Ok(ServalStream::new(self.handle.clone(), id, service, peer))
+        self.open(service, Some(addr), Protocol::TCP)
+            .await
+            .map(ServalStream::new)
     }
 
     /// Opens a connected datagram flow to `service` (resolved like
@@ -261,8 +273,9 @@ impl Endpoint {
         service: ServiceId,
         addr: Option<SocketAddr>,
     ) -> io::Result<ServalDatagram> {
-        let (id, service, peer) = self.open(service, addr, Protocol::UDP).await?;
-        Ok(ServalDatagram::new(self.handle.clone(), id, service, peer))
+        self.open(service, addr, Protocol::UDP)
+            .await
+            .map(ServalDatagram::new)
     }
 
     /// Starts a flow of `protocol` and waits for its handshake.
@@ -271,7 +284,7 @@ impl Endpoint {
         service: ServiceId,
         addr: Option<SocketAddr>,
         protocol: Protocol,
-    ) -> io::Result<(FlowHandle, ServiceId, SocketAddr)> {
+    ) -> io::Result<FlowRef> {
         let id = {
             let mut st = self.handle.shared.lock();
             if let Some(kind) = st.failed {
@@ -292,7 +305,8 @@ impl Endpoint {
             handle: &self.handle,
             id: Some(id),
         };
-        pending.wait().await
+        let (id, service, peer) = pending.wait().await?;
+        Ok(FlowRef::new(self.handle.clone(), id, service, peer))
     }
 
     /// Accepts stream flows for every ServiceID under `prefix`.
@@ -620,8 +634,7 @@ impl Pending<'_> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            self.handle.shared.lock().detach(id);
-            self.handle.shared.notify.notify_one();
+            self.handle.detach(id);
         }
     }
 }

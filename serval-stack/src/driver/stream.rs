@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Handle;
-use crate::sal::{CloseReason, FlowHandle};
+use crate::sal::{CloseReason, Flow, FlowHandle};
 use crate::service_table::ListenerId;
+use crate::time::Timestamp;
 use crate::transport::{ReadError, WriteError};
 use crate::wire::ServiceId;
 
@@ -32,23 +33,18 @@ pub(super) fn task_error(kind: io::ErrorKind) -> io::Error {
     io::Error::new(kind, "the serval endpoint task has stopped")
 }
 
-/// A reliable byte stream over one Serval flow: tokio [`AsyncRead`] + [`AsyncWrite`].
-///
-/// Writes go into the flow's send buffer (bounded by the stream config's `send_buffer`); a
-/// write returns `Pending` while it is full. Reads return `Pending` while nothing is
-/// buffered, and `Ok(0)` at the end of the stream. [`poll_shutdown`](AsyncWrite::poll_shutdown)
-/// half-closes (our FIN after the buffered bytes; the other direction keeps flowing).
-/// Dropping the stream closes our side cleanly too; data still arriving is discarded.
+/// One flow as the application holds it, a stream or a connected datagram flow alike:
+/// both report the same peer and counters, and both let the flow go when dropped.
 #[derive(Debug)]
-pub struct ServalStream {
-    handle: Arc<Handle>,
-    id: FlowHandle,
+pub(super) struct FlowRef {
+    pub(super) handle: Arc<Handle>,
+    pub(super) id: FlowHandle,
     service: ServiceId,
     /// The peer when the handshake completed; reported once the flow is gone.
     peer: SocketAddr,
 }
 
-impl ServalStream {
+impl FlowRef {
     pub(super) fn new(
         handle: Arc<Handle>,
         id: FlowHandle,
@@ -63,53 +59,97 @@ impl ServalStream {
         }
     }
 
-    /// The local FlowID (as [`Endpoint::flows`](super::Endpoint::flows) lists it).
-    pub fn flow_id(&self) -> crate::wire::FlowId {
-        self.id.0
-    }
-
-    /// The ServiceID the flow was opened for (the one the client asked for).
-    pub fn peer_service(&self) -> ServiceId {
+    pub(super) fn peer_service(&self) -> ServiceId {
         self.service
     }
 
-    /// The endpoint's UDP address as peers reach it (after a rebind, the new one).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.handle.shared.lock().endpoint.local_addr()
-    }
-
-    /// The peer's UDP address (through a router: the server that answered, not the
-    /// router); after the peer moved and the new path was validated, the new address.
-    pub fn peer_addr(&self) -> SocketAddr {
+    pub(super) fn peer_addr(&self) -> SocketAddr {
         let st = self.handle.shared.lock();
         st.flows
             .get(&self.id)
             .map_or(self.peer, |s| s.flow.peer_addr())
     }
 
-    /// The flow's counters (SAL: control packets, migrations, path validations, drops).
-    pub fn stats(&self) -> Option<crate::sal::FlowStats> {
+    pub(super) fn stats(&self) -> Option<crate::sal::FlowStats> {
         let st = self.handle.shared.lock();
         st.flows.get(&self.id).map(|s| s.flow.stats())
+    }
+
+    /// Applies `op` (close or abort) to the flow at the driver's time, if it is still
+    /// there, and wakes the task to send what that owes.
+    fn end(&self, op: impl FnOnce(&mut Flow, Timestamp)) {
+        let mut st = self.handle.shared.lock();
+        let now = st.clock.now();
+        if let Some(slot) = st.flows.get_mut(&self.id) {
+            op(&mut slot.flow, now);
+            st.dirty.push(self.id);
+        }
+        drop(st);
+        self.handle.shared.notify.notify_one();
+    }
+}
+
+impl Drop for FlowRef {
+    fn drop(&mut self) {
+        self.handle.detach(self.id);
+    }
+}
+
+/// A reliable byte stream over one Serval flow: tokio [`AsyncRead`] + [`AsyncWrite`].
+///
+/// Writes go into the flow's send buffer (bounded by the stream config's `send_buffer`); a
+/// write returns `Pending` while it is full. Reads return `Pending` while nothing is
+/// buffered, and `Ok(0)` at the end of the stream. [`poll_shutdown`](AsyncWrite::poll_shutdown)
+/// half-closes (our FIN after the buffered bytes; the other direction keeps flowing).
+/// Dropping the stream closes our side cleanly too; data still arriving is discarded.
+#[derive(Debug)]
+pub struct ServalStream {
+    flow: FlowRef,
+}
+
+impl ServalStream {
+    pub(super) fn new(flow: FlowRef) -> Self {
+        Self { flow }
+    }
+
+    /// The local FlowID (as [`Endpoint::flows`](super::Endpoint::flows) lists it).
+    pub fn flow_id(&self) -> crate::wire::FlowId {
+        self.flow.id.0
+    }
+
+    /// The ServiceID the flow was opened for (the one the client asked for).
+    pub fn peer_service(&self) -> ServiceId {
+        self.flow.peer_service()
+    }
+
+    /// The endpoint's UDP address as peers reach it (after a rebind, the new one).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.flow.handle.shared.lock().endpoint.local_addr()
+    }
+
+    /// The peer's UDP address (through a router: the server that answered, not the
+    /// router); after the peer moved and the new path was validated, the new address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.flow.peer_addr()
+    }
+
+    /// The flow's counters (SAL: control packets, migrations, path validations, drops).
+    pub fn stats(&self) -> Option<crate::sal::FlowStats> {
+        self.flow.stats()
     }
 
     /// The reliable stream's counters (segments, retransmissions, RTO and TLP firings,
     /// RTT, congestion window), while the flow exists.
     pub fn stream_stats(&self) -> Option<crate::transport::StreamStats> {
-        let st = self.handle.shared.lock();
-        st.flows.get(&self.id).and_then(|s| s.flow.stream_stats())
+        let st = self.flow.handle.shared.lock();
+        st.flows
+            .get(&self.flow.id)
+            .and_then(|s| s.flow.stream_stats())
     }
 
     /// Resets the flow at once (an authenticated RST); buffered data is lost.
     pub fn abort(&self) {
-        let mut st = self.handle.shared.lock();
-        let now = st.clock.now();
-        if let Some(slot) = st.flows.get_mut(&self.id) {
-            slot.flow.abort(now);
-            st.dirty.push(self.id);
-        }
-        drop(st);
-        self.handle.shared.notify.notify_one();
+        self.flow.end(Flow::abort);
     }
 }
 
@@ -123,9 +163,9 @@ impl AsyncRead for ServalStream {
             return Poll::Ready(Ok(()));
         }
         let this = self.get_mut();
-        let mut st = this.handle.shared.lock();
+        let mut st = this.flow.handle.shared.lock();
         let failed = st.failed;
-        let Some(slot) = st.flows.get_mut(&this.id) else {
+        let Some(slot) = st.flows.get_mut(&this.flow.id) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         let dst = buf.initialize_unfilled();
@@ -148,9 +188,9 @@ impl AsyncRead for ServalStream {
             Ok(n) => {
                 buf.advance(n);
                 // Reading opens the receive window: the flow may owe an update.
-                st.dirty.push(this.id);
+                st.dirty.push(this.flow.id);
                 drop(st);
-                this.handle.shared.notify.notify_one();
+                this.flow.handle.shared.notify.notify_one();
                 Poll::Ready(Ok(()))
             }
             Err(ReadError::Finished) => Poll::Ready(Ok(())),
@@ -172,11 +212,11 @@ impl AsyncWrite for ServalStream {
             return Poll::Ready(Ok(0));
         }
         let this = self.get_mut();
-        let mut st = this.handle.shared.lock();
+        let mut st = this.flow.handle.shared.lock();
         if let Some(kind) = st.failed {
             return Poll::Ready(Err(task_error(kind)));
         }
-        let Some(slot) = st.flows.get_mut(&this.id) else {
+        let Some(slot) = st.flows.get_mut(&this.flow.id) else {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         match slot.flow.write(data) {
@@ -188,9 +228,9 @@ impl AsyncWrite for ServalStream {
                 Poll::Pending
             }
             Ok(n) => {
-                st.dirty.push(this.id);
+                st.dirty.push(this.flow.id);
                 drop(st);
-                this.handle.shared.notify.notify_one();
+                this.flow.handle.shared.notify.notify_one();
                 Poll::Ready(Ok(n))
             }
             Err(WriteError::Finished) => Poll::Ready(Err(io::Error::new(
@@ -209,23 +249,8 @@ impl AsyncWrite for ServalStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut st = this.handle.shared.lock();
-        let now = st.clock.now();
-        if let Some(slot) = st.flows.get_mut(&this.id) {
-            slot.flow.close(now);
-            st.dirty.push(this.id);
-        }
-        drop(st);
-        this.handle.shared.notify.notify_one();
+        self.flow.end(Flow::close);
         Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for ServalStream {
-    fn drop(&mut self) {
-        self.handle.shared.lock().detach(self.id);
-        self.handle.shared.notify.notify_one();
     }
 }
 
@@ -250,8 +275,7 @@ impl ServalListener {
 
     /// Polls for the next completed flow.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<ServalStream>> {
-        self.poll_accept_flow(cx)
-            .map_ok(|(h, service, peer)| ServalStream::new(self.handle.clone(), h, service, peer))
+        self.poll_accept_flow(cx).map_ok(ServalStream::new)
     }
 
     /// The endpoint handle, for wrappers (datagram sockets) built on a listener.
@@ -264,11 +288,8 @@ impl ServalListener {
         self.id
     }
 
-    /// Polls for the next completed flow: its handle, ServiceID and peer.
-    pub(super) fn poll_accept_flow(
-        &self,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<(FlowHandle, ServiceId, SocketAddr)>> {
+    /// Polls for the next completed flow, of either kind.
+    pub(super) fn poll_accept_flow(&self, cx: &mut Context<'_>) -> Poll<io::Result<FlowRef>> {
         let mut guard = self.handle.shared.lock();
         let st = &mut *guard;
         let failed = st.failed;
@@ -279,7 +300,8 @@ impl ServalListener {
             let Some(slot) = st.flows.get(&h) else {
                 continue;
             };
-            return Poll::Ready(Ok((h, slot.flow.service(), slot.flow.peer_addr())));
+            let (service, peer) = (slot.flow.service(), slot.flow.peer_addr());
+            return Poll::Ready(Ok(FlowRef::new(self.handle.clone(), h, service, peer)));
         }
         if let Some(kind) = failed {
             return Poll::Ready(Err(task_error(kind)));

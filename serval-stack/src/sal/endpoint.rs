@@ -1136,6 +1136,19 @@ mod tests {
         SalRepr::parse_datagram(bytes).unwrap().repr.flags()
     }
 
+    /// A server listening on the service that keeps at most `max_half_open` handshakes:
+    /// the subject of the SYN-flood tests.
+    fn half_open_server(max_half_open: usize) -> Endpoint {
+        let c = EndpointConfig {
+            local_addr: "192.0.2.10:54325".parse().unwrap(),
+            max_half_open,
+            ..EndpointConfig::default()
+        };
+        let mut s = Endpoint::new(c, Timestamp::ZERO);
+        s.listen(prefix(), Protocol::UDP).unwrap();
+        s
+    }
+
     /// A client SYN for the service, from a client at `client`.
     fn syn(client: &str) -> Vec<u8> {
         let mut c = endpoint(9, client, false);
@@ -1188,28 +1201,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // To a stream listener, or to nobody: dropped.
-        let t = a
-            .send_unconnected(
-                prefix().id().to_owned(),
-                HOST_CONTROL_SERVICE,
-                b.local_addr(),
-                b"x",
-                &mut buf,
-            )
-            .unwrap();
-        let bytes = buf[..t.size].to_vec();
-        assert!(b.handle(now, a.local_addr(), &bytes, &mut out).is_none());
-        let t = a
-            .send_unconnected(
-                ServiceId::from_u32(7),
-                HOST_CONTROL_SERVICE,
-                b.local_addr(),
-                b"x",
-                &mut buf,
-            )
-            .unwrap();
-        let bytes = buf[..t.size].to_vec();
-        assert!(b.handle(now, a.local_addr(), &bytes, &mut out).is_none());
+        for service in [prefix().id().to_owned(), ServiceId::from_u32(7)] {
+            let t = a
+                .send_unconnected(
+                    service,
+                    HOST_CONTROL_SERVICE,
+                    b.local_addr(),
+                    b"x",
+                    &mut buf,
+                )
+                .unwrap();
+            let bytes = buf[..t.size].to_vec();
+            assert!(b.handle(now, a.local_addr(), &bytes, &mut out).is_none());
+        }
         assert_eq!(b.stats().drops.no_service, 2);
         assert_eq!(
             (a.stats().unconnected_sent, b.stats().unconnected_received),
@@ -1335,13 +1339,7 @@ mod tests {
     #[test]
     fn an_evicted_half_open_flow_is_reset_along_the_syn_path() {
         let now = Timestamp::ZERO;
-        let c = EndpointConfig {
-            local_addr: "192.0.2.10:54325".parse().unwrap(),
-            max_half_open: 1,
-            ..EndpointConfig::default()
-        };
-        let mut s = Endpoint::new(c, now);
-        s.listen(prefix(), Protocol::UDP).unwrap();
+        let mut s = half_open_server(1);
         let router: SocketAddr = "192.0.2.1:54325".parse().unwrap();
         let mut buf = Vec::new();
         let mut out = Vec::new();
@@ -1379,13 +1377,7 @@ mod tests {
     #[test]
     fn half_open_gauge_and_peak_never_pass_the_limit_under_a_syn_flood() {
         let now = Timestamp::ZERO;
-        let c = EndpointConfig {
-            local_addr: "192.0.2.10:54325".parse().unwrap(),
-            max_half_open: 8,
-            ..EndpointConfig::default()
-        };
-        let mut s = Endpoint::new(c, now);
-        s.listen(prefix(), Protocol::UDP).unwrap();
+        let mut s = half_open_server(8);
         let mut out = Vec::new();
         for port in 0..50u16 {
             let client = format!("198.51.100.1:{}", 40_000 + port);
@@ -1408,13 +1400,7 @@ mod tests {
     #[test]
     fn a_flood_from_few_addresses_evicts_its_own_half_open_flows_not_others() {
         let now = Timestamp::ZERO;
-        let c = EndpointConfig {
-            local_addr: "192.0.2.10:54325".parse().unwrap(),
-            max_half_open: 16,
-            ..EndpointConfig::default()
-        };
-        let mut s = Endpoint::new(c, now);
-        s.listen(prefix(), Protocol::UDP).unwrap();
+        let mut s = half_open_server(16);
         let mut out = Vec::new();
         let legit = "203.0.113.5:40000";
         let legit_syn = syn(legit);

@@ -219,14 +219,7 @@ impl ServiceTable {
         target: &Action,
         rule: Rule,
     ) -> Result<(), TableError> {
-        let entry = self
-            .map
-            .get_mut(prefix)
-            .ok_or(TableError::NoEntry(*prefix))?;
-        let i = entry.position(target).ok_or(TableError::NoTarget {
-            prefix: *prefix,
-            action: *target,
-        })?;
+        let (entry, i) = self.find_target(prefix, target)?;
         if rule.action != *target && entry.position(&rule.action).is_some() {
             return Err(TableError::DuplicateTarget {
                 prefix: *prefix,
@@ -257,14 +250,7 @@ impl ServiceTable {
         prefix: &ServicePrefix,
         target: &Action,
     ) -> Result<Target, TableError> {
-        let entry = self
-            .map
-            .get_mut(prefix)
-            .ok_or(TableError::NoEntry(*prefix))?;
-        let i = entry.position(target).ok_or(TableError::NoTarget {
-            prefix: *prefix,
-            action: *target,
-        })?;
+        let (entry, i) = self.find_target(prefix, target)?;
         let removed = entry.targets.remove(i).ok_or(TableError::NoTarget {
             prefix: *prefix,
             action: *target,
@@ -274,6 +260,25 @@ impl ServiceTable {
         }
         self.targets -= 1;
         Ok(removed)
+    }
+
+    /// The entry of `prefix` and the index of its target with action `target`, or the
+    /// error naming which is missing: where [`modify`](Self::modify) and
+    /// [`remove`](Self::remove) both start.
+    fn find_target(
+        &mut self,
+        prefix: &ServicePrefix,
+        target: &Action,
+    ) -> Result<(&mut Entry, usize), TableError> {
+        let entry = self
+            .map
+            .get_mut(prefix)
+            .ok_or(TableError::NoEntry(*prefix))?;
+        let i = entry.position(target).ok_or(TableError::NoTarget {
+            prefix: *prefix,
+            action: *target,
+        })?;
+        Ok((entry, i))
     }
 
     /// Removes the whole entry of `prefix` and returns it (with its targets' counters).

@@ -56,16 +56,23 @@ impl Model {
         Ok(())
     }
 
-    fn remove(&mut self, p: &ServicePrefix, a: &Action) -> Result<Target, TableError> {
+    /// The indices of `p`'s entry and of its target `a`, or the error the table gives.
+    fn find_target(&self, p: &ServicePrefix, a: &Action) -> Result<(usize, usize), TableError> {
         let i = self.find(p).ok_or(TableError::NoEntry(*p))?;
-        let targets = &mut self.entries[i].1;
-        let j = targets
+        let j = self.entries[i]
+            .1
             .iter()
             .position(|x| x.action == *a)
             .ok_or(TableError::NoTarget {
                 prefix: *p,
                 action: *a,
             })?;
+        Ok((i, j))
+    }
+
+    fn remove(&mut self, p: &ServicePrefix, a: &Action) -> Result<Target, TableError> {
+        let (i, j) = self.find_target(p, a)?;
+        let targets = &mut self.entries[i].1;
         let t = targets.remove(j);
         if targets.is_empty() {
             self.entries.remove(i);
@@ -79,15 +86,8 @@ impl Model {
     }
 
     fn modify(&mut self, p: &ServicePrefix, a: &Action, rule: Rule) -> Result<(), TableError> {
-        let i = self.find(p).ok_or(TableError::NoEntry(*p))?;
+        let (i, j) = self.find_target(p, a)?;
         let targets = &mut self.entries[i].1;
-        let j = targets
-            .iter()
-            .position(|x| x.action == *a)
-            .ok_or(TableError::NoTarget {
-                prefix: *p,
-                action: *a,
-            })?;
         if rule.action != *a && targets.iter().any(|x| x.action == rule.action) {
             return Err(TableError::DuplicateTarget {
                 prefix: *p,
@@ -675,9 +675,26 @@ fn weighted_table(weights: &[u32]) -> (ServiceTable, ServicePrefix) {
     (t, p)
 }
 
-fn shares(counts: &[u64]) -> Vec<f64> {
+/// Which of `e`'s targets `pick` chose: the index the frequency tests count under.
+fn target_index(e: &Entry, pick: &Pick) -> usize {
+    e.targets()
+        .iter()
+        .position(|t| t.action() == pick.action())
+        .unwrap()
+}
+
+/// Each target's share of the picks in `counts` is its share of the weights (which sum
+/// to 10), within `tolerance`; `what` names the run in the failure message.
+fn assert_shares(counts: &[u64], weights: &[u32], tolerance: f64, what: &str) {
     let n: u64 = counts.iter().sum();
-    counts.iter().map(|&c| c as f64 / n as f64).collect()
+    for (i, &c) in counts.iter().enumerate() {
+        let share = c as f64 / n as f64;
+        let want = f64::from(weights[i]) / 10.0;
+        assert!(
+            (share - want).abs() < tolerance,
+            "{what} {i}: {share} vs {want}"
+        );
+    }
 }
 
 #[test]
@@ -689,17 +706,9 @@ fn weighted_random_frequencies() {
     let mut counts = [0u64; 4];
     for _ in 0..200_000 {
         let pick = e.pick_random(&mut rng).unwrap();
-        let i = e
-            .targets()
-            .iter()
-            .position(|t| t.action() == pick.action())
-            .unwrap();
-        counts[i] += 1;
+        counts[target_index(e, &pick)] += 1;
     }
-    for (i, share) in shares(&counts).into_iter().enumerate() {
-        let want = f64::from(weights[i]) / 10.0;
-        assert!((share - want).abs() < 0.01, "target {i}: {share} vs {want}");
-    }
+    assert_shares(&counts, &weights, 0.01, "target");
 }
 
 #[test]
@@ -713,34 +722,16 @@ fn rendezvous_frequencies_and_determinism() {
         let h: u64 = rng.random();
         let pick = e.pick_by_hash(h).unwrap();
         assert_eq!(e.pick_by_hash(h).unwrap(), pick);
-        let i = e
-            .targets()
-            .iter()
-            .position(|t| t.action() == pick.action())
-            .unwrap();
-        counts[i] += 1;
+        counts[target_index(e, &pick)] += 1;
     }
-    for (i, share) in shares(&counts).into_iter().enumerate() {
-        let want = f64::from(weights[i]) / 10.0;
-        assert!((share - want).abs() < 0.01, "target {i}: {share} vs {want}");
-    }
+    assert_shares(&counts, &weights, 0.01, "target");
     // Sequential flow hashes spread too.
     let mut counts = [0u64; 4];
     for h in 0..100_000u64 {
         let pick = e.pick_by_hash(h).unwrap();
-        counts[e
-            .targets()
-            .iter()
-            .position(|t| t.action() == pick.action())
-            .unwrap()] += 1;
+        counts[target_index(e, &pick)] += 1;
     }
-    for (i, share) in shares(&counts).into_iter().enumerate() {
-        let want = f64::from(weights[i]) / 10.0;
-        assert!(
-            (share - want).abs() < 0.015,
-            "sequential {i}: {share} vs {want}"
-        );
-    }
+    assert_shares(&counts, &weights, 0.015, "sequential");
 }
 
 #[test]
