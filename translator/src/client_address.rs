@@ -231,26 +231,24 @@ mod tests {
         assert_eq!(addresses, Some((sa("[2001:db8::1]:1"), sa("192.0.2.1:2"))));
     }
 
+    /// `data` is native: the bytes `read` hands back, then the rest of the stream, are all
+    /// of it.
+    async fn assert_handed_back(data: &[u8]) {
+        let mut r = data;
+        let Start::Native(first) = read(&mut r, T).await.unwrap() else {
+            panic!()
+        };
+        let mut all = first;
+        all.extend_from_slice(r);
+        assert_eq!(all, data);
+    }
+
     #[tokio::test]
     async fn native_bytes_handed_back() {
         // Diverges on the first byte.
-        let data = b"hello, world: more than sixteen bytes";
-        let mut r = &data[..];
-        let Start::Native(first) = read(&mut r, T).await.unwrap() else {
-            panic!()
-        };
-        let mut all = first;
-        all.extend_from_slice(r);
-        assert_eq!(all, data);
+        assert_handed_back(b"hello, world: more than sixteen bytes").await;
         // Diverges after a signature prefix.
-        let data = b"\r\n\r\nnot a proxy header at all";
-        let mut r = &data[..];
-        let Start::Native(first) = read(&mut r, T).await.unwrap() else {
-            panic!()
-        };
-        let mut all = first;
-        all.extend_from_slice(r);
-        assert_eq!(all, data);
+        assert_handed_back(b"\r\n\r\nnot a proxy header at all").await;
         // Short and ended.
         assert_eq!(
             read(&mut &b"\r\n"[..], T).await.unwrap(),

@@ -270,11 +270,7 @@ pub fn client_connector_in(
         provider,
     )
     .build()
-    .map_err(|e| TlsError::Invalid {
-        field: "ca",
-        path: files.ca_path.clone(),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| files.ca_error(e))?;
     let (builder, name) = match &settings.server_name {
         Some(n) => {
             let name =
@@ -311,11 +307,7 @@ pub fn server_acceptor_in(settings: &TlsSettings, base: &Path) -> Result<ServerA
         provider.clone(),
     )
     .build()
-    .map_err(|e| TlsError::Invalid {
-        field: "ca",
-        path: files.ca_path.clone(),
-        reason: e.to_string(),
-    })?;
+    .map_err(|e| files.ca_error(e))?;
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -369,6 +361,15 @@ impl Files {
             key_path,
             ca_path,
         })
+    }
+
+    /// Why the CA cannot verify peers (the same for the client and the server side).
+    fn ca_error(&self, e: rustls::server::VerifierBuilderError) -> TlsError {
+        TlsError::Invalid {
+            field: "ca",
+            path: self.ca_path.clone(),
+            reason: e.to_string(),
+        }
     }
 
     fn key_error(&self, e: rustls::Error) -> TlsError {

@@ -606,6 +606,45 @@ pub enum ServiceRefError {
     NotExact(String),
 }
 
+impl ServiceRefError {
+    /// `map_err` for a text the stack's id parser refused (exact id or prefix alike).
+    fn id(text: &str) -> impl FnOnce(serval_stack::wire::ParseIdError) -> Self {
+        move |source| Self::Id {
+            text: text.to_owned(),
+            source,
+        }
+    }
+
+    /// `map_err` for a refused DNS name, whichever form carried it.
+    fn name(text: &str) -> impl FnOnce(name::NameError) -> Self {
+        move |source| Self::Name {
+            text: text.to_owned(),
+            source,
+        }
+    }
+}
+
+/// `text()`, `Display` and serde for a type that keeps the text it parsed from (`text`):
+/// it prints back exactly what the operator wrote.
+macro_rules! as_written {
+    ($ty:ty) => {
+        impl $ty {
+            /// The text as written.
+            pub fn text(&self) -> &str {
+                &self.text
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.text)
+            }
+        }
+
+        text_serde!($ty);
+    };
+}
+
 /// An exact ServiceID as a policy names it: any text form `ServiceId` parses (`0x<hex>`,
 /// 64 hex digits, a decimal `u32`, `default`) or `name:<dns-name>` (the id the DNS-name
 /// profile derives, `serval_stack::wire::name`). A bare DNS name is refused on purpose: a
@@ -621,11 +660,6 @@ impl ServiceRef {
     pub fn id(&self) -> ServiceId {
         self.id
     }
-
-    /// The text as written.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
 }
 
 impl FromStr for ServiceRef {
@@ -634,18 +668,12 @@ impl FromStr for ServiceRef {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.trim();
         let id = if let Some(n) = text.strip_prefix("name:") {
-            name::service_id_for_name(n).map_err(|source| ServiceRefError::Name {
-                text: n.to_owned(),
-                source,
-            })?
+            name::service_id_for_name(n).map_err(ServiceRefError::name(n))?
         } else if text.starts_with("provider:") || text.contains(':') {
             return Err(ServiceRefError::NotExact(text.to_owned()));
         } else {
             text.parse::<ServiceId>()
-                .map_err(|source| ServiceRefError::Id {
-                    text: text.to_owned(),
-                    source,
-                })?
+                .map_err(ServiceRefError::id(text))?
         };
         Ok(Self {
             text: text.to_owned(),
@@ -654,13 +682,7 @@ impl FromStr for ServiceRef {
     }
 }
 
-impl fmt::Display for ServiceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-text_serde!(ServiceRef);
+as_written!(ServiceRef);
 
 /// A set of ServiceIDs (a prefix) as a policy names it: any text form `ServicePrefix`
 /// parses (`0x<hex>:<bits>`, an exact id, `default` for everything), `name:<dns-name>` (that
@@ -677,11 +699,6 @@ impl ServiceMatch {
     pub fn prefix(&self) -> ServicePrefix {
         self.prefix
     }
-
-    /// The text as written.
-    pub fn text(&self) -> &str {
-        &self.text
-    }
 }
 
 impl FromStr for ServiceMatch {
@@ -689,20 +706,13 @@ impl FromStr for ServiceMatch {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.trim();
-        let name_err = |n: &str| {
-            let n = n.to_owned();
-            move |source| ServiceRefError::Name { text: n, source }
-        };
         let prefix = if let Some(n) = text.strip_prefix("name:") {
-            ServicePrefix::exact(name::service_id_for_name(n).map_err(name_err(n))?)
+            ServicePrefix::exact(name::service_id_for_name(n).map_err(ServiceRefError::name(n))?)
         } else if let Some(n) = text.strip_prefix("provider:") {
-            name::provider_prefix(n).map_err(name_err(n))?
+            name::provider_prefix(n).map_err(ServiceRefError::name(n))?
         } else {
             text.parse::<ServicePrefix>()
-                .map_err(|source| ServiceRefError::Id {
-                    text: text.to_owned(),
-                    source,
-                })?
+                .map_err(ServiceRefError::id(text))?
         };
         Ok(Self {
             text: text.to_owned(),
@@ -711,13 +721,7 @@ impl FromStr for ServiceMatch {
     }
 }
 
-impl fmt::Display for ServiceMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-text_serde!(ServiceMatch);
+as_written!(ServiceMatch);
 
 // ------------------------------------------------------------------------------------------
 // DNS name patterns
@@ -764,10 +768,7 @@ impl FromStr for NamePattern {
             Some(r) => (true, r),
             None => (false, text),
         };
-        let domain = name::normalize(rest).map_err(|source| ServiceRefError::Name {
-            text: text.to_owned(),
-            source,
-        })?;
+        let domain = name::normalize(rest).map_err(ServiceRefError::name(text))?;
         Ok(Self { wildcard, domain })
     }
 }

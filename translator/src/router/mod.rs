@@ -159,26 +159,20 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     let (Some(a), Some(b)) = (&old.router, &new.router) else {
         return Vec::new();
     };
-    let mut fields = Vec::new();
-    if a.keys != b.keys {
-        fields.push("router.keys");
-    }
-    if a.lease != b.lease {
-        fields.push("router.lease");
-    }
-    if a.max_leases != b.max_leases {
-        fields.push("router.max_leases");
-    }
-    if a.max_leases_per_source != b.max_leases_per_source {
-        fields.push("router.max_leases_per_source");
-    }
-    if a.delay_queue != b.delay_queue {
-        fields.push("router.delay_queue");
-    }
-    if a.state_file != b.state_file {
-        fields.push("router.state_file");
-    }
-    fields
+    [
+        (a.keys != b.keys, "router.keys"),
+        (a.lease != b.lease, "router.lease"),
+        (a.max_leases != b.max_leases, "router.max_leases"),
+        (
+            a.max_leases_per_source != b.max_leases_per_source,
+            "router.max_leases_per_source",
+        ),
+        (a.delay_queue != b.delay_queue, "router.delay_queue"),
+        (a.state_file != b.state_file, "router.state_file"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, field)| changed.then_some(field))
+    .collect()
 }
 
 impl Router {

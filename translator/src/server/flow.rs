@@ -13,6 +13,7 @@
 //! service; the decision is a pure table lookup, so deciding first costs nothing.
 
 use core::net::SocketAddr;
+use core::sync::atomic::AtomicU64;
 use core::time::Duration;
 use std::io;
 use std::sync::Arc;
@@ -194,46 +195,23 @@ pub(crate) async fn serve_flow(
     };
 
     let connect_time = started.elapsed();
-    let (source, destination) = carried.unwrap_or((peer, addr));
-    let header = match proxy_header::header(plan.proxy_protocol, source, destination, &service) {
-        Ok(None) => Ok(()),
-        Ok(Some(h)) => match tokio::time::timeout(plan.connect_timeout, tcp.write_all(&h)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err("cannot write the PROXY header".to_owned()),
-        },
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(detail) = header {
-        ServerCounters::bump(&ctx.counters.proxy_header_failures);
+    let addresses = carried.unwrap_or((peer, addr));
+    let opening = write_opening(&mut tcp, &plan, addresses, &service, &first_bytes).await;
+    if let Err(failed) = opening {
+        let (outcome, counter) = failed.outcome(&ctx.counters);
+        ServerCounters::bump(counter);
         let _ = crate::relay::abort_tcp(&tcp);
         refused(
             leg.stream(),
             peer,
             &service,
             plan.via,
-            "proxy_header_failed",
-            &detail,
+            outcome,
+            &failed.to_string(),
         );
         return;
     }
-
-    if !first_bytes.is_empty() {
-        let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&first_bytes)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            ServerCounters::bump(&ctx.counters.outcome_error_outbound);
-            let _ = crate::relay::abort_tcp(&tcp);
-            refused(
-                leg.stream(),
-                peer,
-                &service,
-                plan.via,
-                "backend_write_failed",
-                "cannot write the flow's first bytes to the backend",
-            );
-            return;
-        }
-        ServerCounters::add(&ctx.counters.bytes_to_backends, first_bytes.len() as u64);
-    }
+    ServerCounters::add(&ctx.counters.bytes_to_backends, first_bytes.len() as u64);
 
     ServerCounters::bump(&ctx.counters.relayed);
     let report = relay_until(
@@ -307,6 +285,56 @@ fn plan<'g>(generation: &'g Generation, id: &ServiceId) -> Result<Plan<'g>, Refu
             })
         }
     }
+}
+
+/// Why the backend could not be given what comes before the relay (the access log's
+/// error).
+#[derive(Debug, thiserror::Error)]
+enum OpeningFailed {
+    /// The PROXY header could not be built or written.
+    #[error("{0}")]
+    ProxyHeader(String),
+    /// A native client's first bytes could not be written.
+    #[error("cannot write the flow's first bytes to the backend")]
+    FirstBytes,
+}
+
+impl OpeningFailed {
+    /// The access log's outcome, and the counter bumped.
+    fn outcome<'c>(&self, counters: &'c ServerCounters) -> (&'static str, &'c AtomicU64) {
+        match self {
+            Self::ProxyHeader(_) => ("proxy_header_failed", &counters.proxy_header_failures),
+            Self::FirstBytes => ("backend_write_failed", &counters.outcome_error_outbound),
+        }
+    }
+}
+
+/// Writes what the backend reads before the relay, each write bounded by the connect
+/// timeout: the PROXY header (`addresses`: source, destination), then a native client's
+/// first bytes. Either failing refuses the flow the same way.
+async fn write_opening(
+    tcp: &mut TcpStream,
+    plan: &Plan<'_>,
+    (source, destination): (SocketAddr, SocketAddr),
+    service: &ServiceId,
+    first_bytes: &[u8],
+) -> Result<(), OpeningFailed> {
+    let header = proxy_header::header(plan.proxy_protocol, source, destination, service)
+        .map_err(|e| OpeningFailed::ProxyHeader(e.to_string()))?;
+    if let Some(h) = header {
+        let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(&h)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            let detail = "cannot write the PROXY header".to_owned();
+            return Err(OpeningFailed::ProxyHeader(detail));
+        }
+    }
+    if !first_bytes.is_empty() {
+        let written = tokio::time::timeout(plan.connect_timeout, tcp.write_all(first_bytes)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return Err(OpeningFailed::FirstBytes);
+        }
+    }
+    Ok(())
 }
 
 /// Connects to the plan's backend: one address, or the pool's choice with up to `retries`

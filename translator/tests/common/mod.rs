@@ -203,8 +203,19 @@ pub async fn exchange(addr: SocketAddr, up: u64, down: u64) -> io::Result<Exchan
 }
 
 pub async fn exchange_on(mut s: TcpStream, up: u64, down: u64) -> io::Result<Exchange> {
+    send_request(&mut s, up, down).await?;
+    read_answer(s, up).await
+}
+
+/// The client's half of an exchange: asks for `down` bytes back, uploads `up` bytes
+/// (`Pattern` seed 3) and half-closes.
+async fn send_request(s: &mut TcpStream, up: u64, down: u64) -> io::Result<()> {
     s.write_u64(down).await?;
-    let mut p = Pattern::new(3, up);
+    upload_rest(s, &mut Pattern::new(3, up)).await
+}
+
+/// Uploads what is left of `p`, then half-closes.
+async fn upload_rest(s: &mut TcpStream, p: &mut Pattern) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let k = p.fill(&mut buf);
@@ -213,8 +224,7 @@ pub async fn exchange_on(mut s: TcpStream, up: u64, down: u64) -> io::Result<Exc
         }
         s.write_all(&buf[..k]).await?;
     }
-    s.shutdown().await?;
-    read_answer(s, up).await
+    s.shutdown().await
 }
 
 impl Exchange {
@@ -249,7 +259,17 @@ async fn account_line<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Vec<u8>> {
 }
 
 /// Reads the account line and the download to the end.
-pub async fn read_answer(mut s: TcpStream, up: u64) -> io::Result<Exchange> {
+pub async fn read_answer(s: TcpStream, up: u64) -> io::Result<Exchange> {
+    read_answer_gated(s, up, None).await
+}
+
+/// [`read_answer`], reading the download only as far as `gate` allows when there is one
+/// (see [`exchange_gated`]).
+async fn read_answer_gated(
+    mut s: TcpStream,
+    up: u64,
+    mut gate: Option<tokio::sync::watch::Receiver<u64>>,
+) -> io::Result<Exchange> {
     let expected = format!("{up} {}", hex(&Pattern::new(3, up).sha256()));
     let mut buf = vec![0u8; 64 << 10];
     // The account line, then the pattern.
@@ -257,7 +277,21 @@ pub async fn read_answer(mut s: TcpStream, up: u64) -> io::Result<Exchange> {
     let mut h = Sha256::new();
     let mut back = 0u64;
     loop {
-        let k = s.read(&mut buf).await?;
+        let mut room = buf.len();
+        if let Some(gate) = &mut gate {
+            let allowed = *gate.borrow_and_update();
+            if back >= allowed {
+                tokio::time::timeout(WAIT, gate.changed())
+                    .await
+                    .map_err(|_| io::Error::other("the gate was never raised"))?
+                    .map_err(|_| io::Error::other("the gate was dropped"))?;
+                continue;
+            }
+            room = usize::try_from(allowed - back)
+                .unwrap_or(usize::MAX)
+                .min(room);
+        }
+        let k = s.read(&mut buf[..room]).await?;
         if k == 0 {
             break;
         }
@@ -337,15 +371,7 @@ impl Held {
 
     /// Uploads the rest, half-closes and reads the answer.
     pub async fn finish(mut self) -> io::Result<Exchange> {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let k = self.up.fill(&mut buf);
-            if k == 0 {
-                break;
-            }
-            self.stream.write_all(&buf[..k]).await?;
-        }
-        self.stream.shutdown().await?;
+        upload_rest(&mut self.stream, &mut self.up).await?;
         read_answer(self.stream, self.up_len).await
     }
 
@@ -397,42 +423,9 @@ pub async fn exchange_gated(
     addr: SocketAddr,
     up: u64,
     down: u64,
-    mut gate: tokio::sync::watch::Receiver<u64>,
+    gate: tokio::sync::watch::Receiver<u64>,
 ) -> io::Result<Exchange> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_u64(down).await?;
-    let mut p = Pattern::new(3, up);
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let k = p.fill(&mut buf);
-        if k == 0 {
-            break;
-        }
-        s.write_all(&buf[..k]).await?;
-    }
-    s.shutdown().await?;
-    let expected = format!("{up} {}", hex(&Pattern::new(3, up).sha256()));
-    let line = account_line(&mut s).await?;
-    let mut h = Sha256::new();
-    let mut back = 0u64;
-    loop {
-        let allowed = *gate.borrow_and_update();
-        if back >= allowed {
-            tokio::time::timeout(WAIT, gate.changed())
-                .await
-                .map_err(|_| io::Error::other("the gate was never raised"))?
-                .map_err(|_| io::Error::other("the gate was dropped"))?;
-            continue;
-        }
-        let room = usize::try_from(allowed - back)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let k = s.read(&mut buf[..room]).await?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        back += k as u64;
-    }
-    Ok(Exchange::new(&line, expected, back, h))
+    send_request(&mut s, up, down).await?;
+    read_answer_gated(s, up, Some(gate)).await
 }
