@@ -28,8 +28,9 @@
 //!
 //! Memory and descriptors are compared at two quiet points (only the idle connections
 //! open): after a warm-up and at the end. The run fails (exit 1) on any failed or corrupted
-//! connection, a refused reload, or growth beyond `--max-rss-growth-kib` /
-//! `--max-fd-growth`. Output in `--out`: `samples.csv` (RSS, fds of each translator every
+//! connection, a refused reload, growth beyond `--max-rss-growth-kib` / `--max-fd-growth`,
+//! or (runs of 10 min or more) an RSS trend above `--max-rss-slope-kib-per-min` over the
+//! second half of the load. Output in `--out`: `samples.csv` (RSS, fds of each translator every
 //! 10 s), `events.log` (every failure), the translators' logs and policies.
 
 #![allow(clippy::print_stdout)] // the report is this program's output
@@ -82,6 +83,10 @@ struct Cli {
     /// Largest RSS growth of a translator between the two quiet points (KiB).
     #[arg(long, default_value_t = 32 * 1024)]
     max_rss_growth_kib: u64,
+    /// Largest RSS trend of a translator over the second half of the load (KiB per minute,
+    /// least squares over the 10 s samples); checked when `--duration` is 10 min or more.
+    #[arg(long, default_value_t = 512.0)]
+    max_rss_slope_kib_per_min: f64,
     /// Largest growth in open file descriptors of a translator between the quiet points.
     #[arg(long, default_value_t = 4)]
     max_fd_growth: i64,
@@ -442,16 +447,42 @@ impl Proc {
 }
 
 /// Appends a `samples.csv` line (time, name, RSS, descriptors) per process.
-fn sample(samples: &mut String, start: Instant, procs: [&Proc; 3]) {
+/// RSS samples of the translators during the main phase: (seconds, KiB) per process.
+#[derive(Default)]
+struct Series {
+    client: Vec<(f64, f64)>,
+    server: Vec<(f64, f64)>,
+}
+
+fn sample(samples: &mut String, series: &mut Series, start: Instant, procs: [&Proc; 3]) {
+    let t = start.elapsed().as_secs_f64();
     for p in procs {
         let (rss, fds) = usage(p.pid());
-        let _ = writeln!(
-            samples,
-            "{:.1},{},{rss},{fds}",
-            start.elapsed().as_secs_f64(),
-            p.name
-        );
+        let _ = writeln!(samples, "{t:.1},{},{rss},{fds}", p.name);
+        match p.name {
+            "client" => series.client.push((t, rss as f64)),
+            "server" => series.server.push((t, rss as f64)),
+            _ => {}
+        }
     }
+}
+
+/// Least-squares slope of RSS over the second half of `points`, in KiB per minute: a leak
+/// shows as a steady rise there, while the ramp of the first minutes and single spikes
+/// (a reload, the router restart) weigh little. `None` below 10 points.
+fn rss_slope_per_min(points: &[(f64, f64)]) -> Option<f64> {
+    let half = &points[points.len() / 2..];
+    if half.len() < 10 {
+        return None;
+    }
+    let n = half.len() as f64;
+    let (mt, mr) = half
+        .iter()
+        .fold((0.0, 0.0), |(t, r), p| (t + p.0 / n, r + p.1 / n));
+    let (cov, var) = half.iter().fold((0.0, 0.0), |(c, v), p| {
+        (c + (p.0 - mt) * (p.1 - mr), v + (p.0 - mt) * (p.0 - mt))
+    });
+    (var > 0.0).then(|| cov / var * 60.0)
 }
 
 /// RSS (KiB) and open descriptors of a process.
@@ -648,6 +679,7 @@ async fn run(cli: &Cli) -> io::Result<i32> {
     let warm = (cli.duration / 4).min(Duration::from_secs(120));
     let quiet_a = phase(cli, &policies, &load, warm, start, &client, &server).await;
     let mut samples = String::from("t_s,proc,rss_kib,fds\n");
+    let mut series = Series::default();
 
     // The soak proper: load, reloads, one router restart.
     let running = Arc::new(AtomicBool::new(true));
@@ -671,7 +703,12 @@ async fn run(cli: &Cli) -> io::Result<i32> {
     while soak_start.elapsed() < cli.duration {
         let now = Instant::now();
         if now >= next_sample {
-            sample(&mut samples, start, [&router, &server, &client]);
+            sample(
+                &mut samples,
+                &mut series,
+                start,
+                [&router, &server, &client],
+            );
             next_sample = now + Duration::from_secs(10);
         }
         if restarted.is_none() && soak_start.elapsed() >= restart_at {
@@ -726,7 +763,12 @@ async fn run(cli: &Cli) -> io::Result<i32> {
     for t in idle_tasks {
         let _ = t.await;
     }
-    sample(&mut samples, start, [&router, &server, &client]);
+    sample(
+        &mut samples,
+        &mut series,
+        start,
+        [&router, &server, &client],
+    );
     write(&out.join("samples.csv"), &samples)?;
     let events = load
         .events
@@ -791,6 +833,21 @@ async fn run(cli: &Cli) -> io::Result<i32> {
             failed = true;
         }
     }
+    // A slow leak over a long run: the quiet points alone would let ~1 MiB/min pass in
+    // 30 minutes. Judged only when the main phase is long enough for a trend.
+    for (name, points) in [("client", &series.client), ("server", &series.server)] {
+        let Some(slope) = rss_slope_per_min(points) else {
+            continue;
+        };
+        println!("{name}: rss trend over the second half {slope:+.0} KiB/min");
+        if cli.duration >= Duration::from_secs(600) && slope > cli.max_rss_slope_kib_per_min {
+            println!(
+                "{name}: RSS keeps GROWING (bound {} KiB/min)",
+                cli.max_rss_slope_kib_per_min
+            );
+            failed = true;
+        }
+    }
     if let Some(f) = &failure {
         println!("FAILED: {f}");
         failed = true;
@@ -846,5 +903,38 @@ async fn phase(
         server: usage(server.pid()),
         client_flows: flows(policies.client_admin).await,
         server_flows: flows(policies.server_admin).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rss_slope_per_min;
+
+    /// Samples every 10 s for `minutes`, RSS from `f(seconds)`.
+    fn series(minutes: u32, f: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+        (0..minutes * 6)
+            .map(|i| f64::from(i) * 10.0)
+            .map(|t| (t, f(t)))
+            .collect()
+    }
+
+    #[test]
+    fn a_steady_leak_shows_its_rate_and_a_late_spike_or_an_early_ramp_does_not() {
+        // The metrics leak of the first soaks: ~1.3 MiB per minute.
+        let leak = series(30, |t| 50_000.0 + 1331.0 * t / 60.0);
+        let slope = rss_slope_per_min(&leak).unwrap();
+        assert!((slope - 1331.0).abs() < 1.0, "{slope}");
+        // A ramp in the first minutes, then flat with one dip (the router restart).
+        let flat = series(30, |t| {
+            let base = 60_000.0 + 8_000.0 * (t / 300.0).min(1.0);
+            if (1_000.0..1_060.0).contains(&t) {
+                base - 9_000.0
+            } else {
+                base
+            }
+        });
+        let slope = rss_slope_per_min(&flat).unwrap();
+        assert!(slope.abs() < 512.0, "{slope}");
+        assert_eq!(rss_slope_per_min(&series(3, |_| 1.0)), None);
     }
 }
