@@ -124,12 +124,15 @@ pub struct ServalSettings {
     /// Shared key that authenticates registrations with the routers. Needed when the
     /// server role registers (server role and `routers` non-empty).
     pub key: Option<KeySource>,
-    /// Send a keepalive on a flow after this long without sending, so NAT mappings stay
-    /// up. Default 25 s (under the common 30 s UDP NAT timeout); 0 = off.
+    /// Send an authenticated keepalive on a flow after this long without sending a control
+    /// packet (even while data flows), so NAT mappings stay up and the peer's
+    /// `peer_timeout` hears from us in a form nobody can forge. Default 25 s (under the
+    /// common 30 s UDP NAT timeout); 0 = off.
     pub keepalive: HumanDuration,
-    /// Close a flow whose peer has sent nothing at all (not even a keepalive) for this long:
-    /// the peer is gone. Default 5 min; 0 = off. Not the relay's idle timeout, which counts
-    /// application bytes.
+    /// Close a flow whose peer has sent nothing trustworthy (an authenticated packet such
+    /// as a keepalive, or a segment the stream accepts; forged data does not count) for
+    /// this long: the peer is gone. Default 5 min; 0 = off. Not the relay's idle timeout,
+    /// which counts application bytes.
     pub peer_timeout: HumanDuration,
     /// Largest UDP payload sent. Default 1452 (a 1500-byte path under IPv6); lower it for
     /// tunnels and PPPoE (1500-byte MTU minus their overhead minus 48). 1200 to 65507.
