@@ -588,20 +588,44 @@ async fn admin_get(port: u16, path: &str) -> io::Result<String> {
 }
 
 /// The endpoint's live flows and how many are in each state (first 1000 flows).
-async fn flows(port: u16) -> (u64, String) {
+/// The Serval flows alive in a translator (its `serval_stack_flows` gauge).
+async fn live_flows(port: u16) -> u64 {
     let metrics = admin_get(port, "/metrics").await.unwrap_or_default();
-    let live = metrics
+    metrics
         .lines()
         .find_map(|l| l.strip_prefix("serval_stack_flows "))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64);
-    let list = admin_get(port, "/flows?limit=1000")
-        .await
-        .unwrap_or_default();
-    let mut states: BTreeMap<&str, usize> = BTreeMap::new();
-    for part in list.split("\"state\":").skip(1) {
-        if let Some(state) = part.trim_start().trim_start_matches('"').split('"').next() {
-            *states.entry(state).or_default() += 1;
+        .map_or(0, |v| v as u64)
+}
+
+/// Live flows and their count by state (over every page of `GET /flows`).
+async fn flows(port: u16) -> (u64, String) {
+    let live = live_flows(port).await;
+    // Every page of the listing (1 000 flows each), so the states add up to all flows.
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut after = String::new();
+    for _ in 0..100 {
+        let list = admin_get(port, &format!("/flows?limit=1000{after}"))
+            .await
+            .unwrap_or_default();
+        for part in list.split("\"state\":").skip(1) {
+            if let Some(state) = part.trim_start().trim_start_matches('"').split('"').next() {
+                *states.entry(state.to_owned()).or_default() += 1;
+            }
+        }
+        let next = list
+            .split("\"next_after\":")
+            .nth(1)
+            .map(|v| {
+                v.trim_start()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .filter(|v| !v.is_empty());
+        match next {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
         }
     }
     let states: Vec<String> = states.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -887,12 +911,22 @@ async fn phase(
             let _ = t.await;
         }
     }
-    // Descriptors settle once closed connections are gone on both sides: wait until two
-    // samples a second apart agree (bounded to 30 s).
-    let mut last = (usage(client.pid()).1, usage(server.pid()).1);
+    // Descriptors settle once closed connections are gone on both sides, Serval flows once
+    // the short connections' 5 s TIME-WAIT is over (the SAL lists such a flow as connected
+    // until its stream's TIME-WAIT ends): wait until two samples a second apart agree
+    // (bounded to 30 s).
+    let settled = || async {
+        (
+            usage(client.pid()).1,
+            usage(server.pid()).1,
+            live_flows(policies.client_admin).await,
+            live_flows(policies.server_admin).await,
+        )
+    };
+    let mut last = settled().await;
     for _ in 0..30 {
         sleep(Duration::from_secs(1)).await;
-        let now = (usage(client.pid()).1, usage(server.pid()).1);
+        let now = settled().await;
         if now == last {
             break;
         }
