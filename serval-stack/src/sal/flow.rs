@@ -762,11 +762,11 @@ impl Flow {
                 // moved (NAT rebinding). A refused one must not start a path validation, or
                 // anyone knowing the two FlowIDs could make the flow send challenges to an
                 // address of their choice, nor keep a silent peer's flow open.
-                let refused_before = stream.stats().dropped_segments;
+                let refused_before = stream.dropped_segments();
                 if stream.handle_bytes(now, payload).is_err() {
                     return self.drop(DropReason::Malformed);
                 }
-                let accepted = stream.stats().dropped_segments == refused_before;
+                let accepted = stream.dropped_segments() == refused_before;
                 if accepted {
                     self.last_recv = now;
                 }

@@ -675,6 +675,13 @@ impl Stream {
         self.snd_mss as usize
     }
 
+    /// Segments refused so far (what [`stats`](Self::stats) reports, without building the
+    /// rest): the SAL compares it around each data packet to learn whether the stream
+    /// accepted it.
+    pub(crate) fn dropped_segments(&self) -> u64 {
+        self.stats.dropped_segments
+    }
+
     /// Counters and a snapshot of RTT and window state.
     pub fn stats(&self) -> StreamStats {
         let mut s = self.stats;
